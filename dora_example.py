@@ -1,0 +1,141 @@
+"""LoRA vs DoRA on MNIST: pretrain an MLP, fine-tune a LoRA and a DoRA copy of it, compare.
+
+    python dora_example.py                                   # configs/default.yaml
+    python dora_example.py --config configs/smoke.yaml       # seconds, on a data subset
+    python dora_example.py lora.rank=8 dora.alpha=16         # any key, as key.sub=value
+
+The pipeline: load MNIST onto the device; pretrain the MLP with every weight trainable; then for
+each fine-tuning method, deep-copy the pretrained model, freeze it, wrap its linear layers in that
+method's adapters, fine-tune only the adapters, and measure accuracy on the whole test set. Results
+go to results/<run_name>/ (config.yaml, metrics.jsonl, summary.json).
+"""
+
+import argparse
+import copy
+import dataclasses
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from loradora.adapters import add_adapters, count_trainable_parameters, lora_scaling
+from loradora.config import Config, ConfigError, load_config, resolve_device, to_dict, to_yaml
+from loradora.data import DataUnavailable, Split, load_mnist
+from loradora.model import MLP
+from loradora.results import MetricsLog, create_run_dir, environment, format_table, write_atomic, write_json
+from loradora.training import evaluate, train
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+        device = resolve_device(config.device)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        run_dir = create_run_dir(config.output.dir, config.output.run_name)
+    except FileExistsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(to_yaml(config))
+    write_atomic(run_dir / "config.yaml", to_yaml(config))
+    metrics = MetricsLog(run_dir / "metrics.jsonl")
+    try:
+        summary = run(config, device, record=lambda r: (show(r), metrics(r)))
+    except DataUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    write_json(run_dir / "summary.json", summary)
+    print("\n" + format_table(summary["methods"]))
+    print(f"\nresults: {run_dir}/")
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Pretrain an MLP on MNIST, fine-tune LoRA and DoRA copies of it, compare them.",
+        epilog="Example: python dora_example.py lora.rank=8 dora.alpha=16 output.run_name=r8",
+    )
+    parser.add_argument("--config", default=DEFAULT_CONFIG, type=Path,
+                        help="YAML file; keys it leaves out keep their defaults (default: %(default)s)")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                        help="set any config key, e.g. finetune.epochs=3 finetune.methods=[dora]")
+    return parser.parse_args(argv)
+
+
+def run(config: Config, device: torch.device, record=lambda r: None) -> dict:
+    """The whole experiment; returns the summary. ``record`` receives every metrics record."""
+    options = dict(root=config.data.root, device=device, download=config.data.download)
+    train_data = load_mnist(train=True, subset=config.data.train_subset, **options)
+    test_data = load_mnist(train=False, subset=config.data.test_subset, **options)
+    print(f"MNIST: {len(train_data):,} training and {len(test_data):,} test images, on {device}")
+
+    torch.manual_seed(config.seed)
+    model = MLP(config.model.hidden_sizes).to(device)
+    results = {"pretrained": fit(model, "pretrained", config.pretrain, train_data, test_data, config, record)}
+
+    for method in config.finetune.methods:
+        torch.manual_seed(config.seed)  # every method starts from the same adapter init
+        adapter = getattr(config, method)
+        tuned = add_adapters(copy.deepcopy(model), method, **dataclasses.asdict(adapter))
+        frozen = {name: p.detach().clone() for name, p in tuned.named_parameters() if not p.requires_grad}
+        results[method] = fit(tuned, method, config.finetune, train_data, test_data, config, record)
+        results[method].update(rank=adapter.rank, alpha=adapter.alpha, scaling=adapter.scaling,
+                               s=lora_scaling(adapter.rank, adapter.alpha, adapter.scaling))
+        assert_unchanged(tuned, frozen, method)
+
+    return {"methods": results, "config": to_dict(config), "env": environment(device)}
+
+
+def fit(model, phase: str, settings, train_data: Split, test_data: Split, config: Config, record) -> dict:
+    """Train ``model`` on ``train_data`` with ``settings`` (epochs, batch size, lr), then test it."""
+    n_trainable = count_trainable_parameters(model)
+    n_total = sum(p.numel() for p in model.parameters())
+    print(f"\n== {phase}: {settings.epochs} epochs, {n_trainable:,} of {n_total:,} parameters trainable")
+    generator = torch.Generator().manual_seed(config.seed)  # every phase sees the same batch order
+    epochs = train(model, train_data, epochs=settings.epochs, batch_size=settings.batch_size,
+                   lr=settings.lr, generator=generator, log_every=config.log.every_n_batches,
+                   log=lambda r: record({"phase": phase, **r}))
+    accuracy = evaluate(model, test_data)
+    record({"phase": phase, "kind": "test", "test_accuracy": accuracy.percent, "n_test": accuracy.total})
+    return {
+        "test_accuracy": accuracy.percent,
+        "test_correct": accuracy.correct,
+        "n_test": accuracy.total,
+        "train_accuracy": epochs[-1]["train_accuracy"] if epochs else None,
+        "n_train": len(train_data),
+        "trainable_params": n_trainable,
+        "train_seconds": sum(e["seconds"] for e in epochs),
+        "epochs": settings.epochs,
+    }
+
+
+def assert_unchanged(model: torch.nn.Module, frozen: dict, phase: str) -> None:
+    """The adapters must leave the pretrained weights bit-identical."""
+    changed = [name for name, p in model.named_parameters() if name in frozen and not torch.equal(p, frozen[name])]
+    if changed:
+        raise RuntimeError(f"{phase} fine-tuning changed frozen weights: {', '.join(changed)}")
+
+
+def show(record: dict) -> None:
+    """Print a metrics record; batch lines keep the seeds' format."""
+    kind, phase = record["kind"], record["phase"]
+    if kind == "batch":
+        line = (f"Epoch: {record['epoch']:03d}/{record['epochs']:03d} | "
+                f"Batch {record['batch']:03d}/{record['batches']:03d} | Loss: {record['loss']:.4f}")
+    elif kind == "epoch":
+        line = (f"Epoch: {record['epoch']:03d}/{record['epochs']:03d} | {phase} train loss "
+                f"{record['loss']:.4f} | train accuracy {record['train_accuracy']:.2f}% of "
+                f"{record['n_train']:,} | {record['seconds']:.2f} s")
+    else:
+        line = f"{phase}: test accuracy {record['test_accuracy']:.2f}% of {record['n_test']:,} images"
+    tqdm.write(line)  # through tqdm, so a progress bar on a terminal is not broken up
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""The experiment's settings: typed dataclasses, filled from YAML and ``key.sub=value`` overrides.
+
+The dataclasses are the schema and hold the defaults; ``configs/default.yaml`` spells every key out
+with a comment on its trade-off (a test keeps the two equal). A config file or override may name
+any subset of keys; the rest keep their defaults. Unknown keys, wrong types and out-of-range values
+are errors that name the key, raised before any work starts.
+"""
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from loradora.adapters import ADAPTERS, SCALINGS
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    root: str = "data"
+    download: bool = True
+    train_subset: int | None = None
+    test_subset: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    hidden_sizes: list[int] = field(default_factory=lambda: [128, 256])
+
+
+@dataclass
+class PretrainConfig:
+    epochs: int = 1
+    batch_size: int = 64
+    lr: float = 0.005
+
+
+@dataclass
+class FinetuneConfig(PretrainConfig):
+    epochs: int = 2
+    methods: list[str] = field(default_factory=lambda: ["lora", "dora"])
+
+
+@dataclass
+class LoRAConfig:
+    rank: int = 4
+    alpha: float = 8.0
+    scaling: str = "standard"
+
+
+@dataclass
+class DoRAConfig(LoRAConfig):
+    detach_norm: bool = True
+
+
+@dataclass
+class LogConfig:
+    every_n_batches: int = 400
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "results"
+    run_name: str | None = None
+
+
+@dataclass
+class Config:
+    seed: int = 123
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    dora: DoRAConfig = field(default_factory=DoRAConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML file at ``path``, then each ``key.sub=value`` override, validated."""
+    raw = read_yaml(path) if path is not None else {}
+    for override in overrides:
+        keys, value = parse_override(override)
+        section = raw
+        for key in keys[:-1]:
+            section = section.setdefault(key, {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"{'.'.join(keys[:-1])}: is not a section, cannot set {override!r}")
+        section[keys[-1]] = value
+    config = build(Config, raw)
+    validate(config)
+    return config
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if data is None:
+        raise ConfigError(f"{path}: the config file is empty")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], str]:
+    """'lora.rank=8' -> (['lora', 'rank'], '8'); the value stays text until its key's type is known."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} is not of the form key.sub=value")
+    return key.split("."), value
+
+
+def build(cls: type, raw: dict, prefix: str = ""):
+    """An instance of dataclass ``cls`` from a mapping, each value checked against its field's type."""
+    hints = typing.get_type_hints(cls)
+    unknown = [key for key in raw if key not in hints]
+    if unknown:
+        raise ConfigError(unknown_key_message(prefix + str(unknown[0]), list(hints), prefix))
+    values = {key: coerce(value, hints[key], prefix + key) for key, value in raw.items()}
+    return cls(**values)
+
+
+def coerce(value, hint, key: str):
+    """``value`` as type ``hint``, or a ConfigError naming ``key``.
+
+    Text meets a non-text type when it comes from the command line (or from YAML that quoted it):
+    it is then read as YAML, and floats also accept what float() reads, because PyYAML reads
+    ``1e-3`` (no dot) as a string.
+    """
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: is a section, expected a mapping of its keys, got {value!r}")
+        return build(hint, value, prefix=key + ".")
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) and type(None) in args:  # "X | None"
+        if value is None or value in ("null", "~", "None"):
+            return None
+        (hint,) = [arg for arg in args if arg is not type(None)]
+    if isinstance(value, str) and hint is not str:
+        value = yaml.safe_load(value) if value.strip() else value
+    origin = typing.get_origin(hint)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list such as [a, b], got {value!r}")
+        return [coerce(item, args[0] if args else str, f"{key}[{i}]") for i, item in enumerate(value)]
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not hint:
+        raise ConfigError(f"{key}: expected {TYPE_NAMES.get(hint, hint)}, got {value!r}")
+    return value
+
+
+TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def unknown_key_message(key: str, known: list[str], prefix: str) -> str:
+    name = key.removeprefix(prefix)
+    guess = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {prefix}{guess[0]}?" if guess else ""
+    return f"unknown key {key}{hint} (known keys{' under ' + prefix[:-1] if prefix else ''}: {', '.join(known)})"
+
+
+def validate(config: Config) -> None:
+    """Ranges that the types cannot express; each failure names its key and what it allows."""
+    checks = [
+        ("pretrain.epochs", config.pretrain.epochs >= 0, "an integer >= 0"),
+        ("finetune.epochs", config.finetune.epochs >= 0, "an integer >= 0"),
+        ("pretrain.batch_size", config.pretrain.batch_size >= 1, "an integer >= 1"),
+        ("finetune.batch_size", config.finetune.batch_size >= 1, "an integer >= 1"),
+        ("pretrain.lr", math.isfinite(config.pretrain.lr) and config.pretrain.lr > 0, "a finite number > 0"),
+        ("finetune.lr", math.isfinite(config.finetune.lr) and config.finetune.lr > 0, "a finite number > 0"),
+        ("model.hidden_sizes", all(size >= 1 for size in config.model.hidden_sizes), "integers >= 1"),
+        ("log.every_n_batches", config.log.every_n_batches >= 1, "an integer >= 1"),
+        ("data.train_subset", (config.data.train_subset or 1) >= 1, "null or an integer >= 1"),
+        ("data.test_subset", (config.data.test_subset or 1) >= 1, "null or an integer >= 1"),
+    ]
+    for method in ("lora", "dora"):
+        adapter = getattr(config, method)
+        checks += [
+            (f"{method}.rank", adapter.rank >= 1, "an integer >= 1"),
+            (f"{method}.alpha", math.isfinite(adapter.alpha) and adapter.alpha > 0, "a finite number > 0"),
+            (f"{method}.scaling", adapter.scaling in SCALINGS, f"one of {', '.join(SCALINGS)}"),
+        ]
+    unknown_methods = [m for m in config.finetune.methods if m not in ADAPTERS]
+    checks.append(("finetune.methods", not unknown_methods, f"a list drawn from {', '.join(ADAPTERS)}"))
+    for key, ok, allowed in checks:
+        if not ok:
+            raise ConfigError(f"{key}: got {lookup(config, key)!r}, allowed: {allowed}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' is CUDA when there is a GPU, else the CPU; a named device must exist here."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: got {name!r}, allowed: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: got {name!r} but this machine has no CUDA GPU; allowed: auto, cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device: got {name!r} but there are {torch.cuda.device_count()} GPUs")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device: got {name!r}, allowed: auto, cpu, cuda, cuda:N")
+    return device
+
+
+def lookup(config: Config, key: str):
+    value = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def to_yaml(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

@@ -1,0 +1,21 @@
+"""The network being adapted: a plain multilayer perceptron for flattened MNIST images."""
+
+from torch import nn
+
+N_PIXELS = 28 * 28
+N_CLASSES = 10
+
+
+class MLP(nn.Module):
+    """784 -> hidden... -> 10 with ReLU between layers; (128, 256) reproduces the seeds' model."""
+
+    def __init__(self, hidden_sizes=(128, 256), n_inputs: int = N_PIXELS, n_classes: int = N_CLASSES):
+        super().__init__()
+        sizes = [n_inputs, *hidden_sizes, n_classes]
+        layers = []
+        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+        self.layers = nn.Sequential(*layers[:-1])  # no ReLU after the logits
+
+    def forward(self, x):
+        return self.layers(x)

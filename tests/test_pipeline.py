@@ -1,0 +1,109 @@
+"""The whole experiment on real MNIST, through the command line, with configs/smoke.yaml."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+import dora_example
+from conftest import REPO
+from loradora.config import load_config
+
+SMOKE = REPO / "configs" / "smoke.yaml"
+
+
+def run_cli(tmp_path, mnist_root, *overrides, run_name="run"):
+    argv = ["--config", str(SMOKE), f"data.root={mnist_root}", f"output.dir={tmp_path}",
+            f"output.run_name={run_name}", *overrides]
+    assert dora_example.main(argv) == 0
+    return tmp_path / run_name
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, mnist_root):
+    return run_cli(tmp_path_factory.mktemp("results"), mnist_root)
+
+
+def test_smoke_run_writes_the_summary_schema(smoke_run):
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    assert set(summary) >= {"methods", "config", "env"}
+    assert list(summary["methods"]) == ["pretrained", "lora", "dora"]
+    for result in summary["methods"].values():
+        assert isinstance(result["test_accuracy"], float) and 0 <= result["test_accuracy"] <= 100
+        assert result["n_test"] == 1000  # smoke.yaml's test_subset
+        assert result["test_accuracy"] == pytest.approx(100 * result["test_correct"] / result["n_test"])
+        assert isinstance(result["trainable_params"], int) and isinstance(result["epochs"], int)
+        assert isinstance(result["train_seconds"], float) and result["train_seconds"] > 0
+    assert summary["methods"]["pretrained"]["trainable_params"] == 136_074
+    assert summary["methods"]["dora"]["trainable_params"] - summary["methods"]["lora"]["trainable_params"] == 394
+    assert set(summary["env"]) >= {"torch", "device", "git_commit"}
+    assert summary["config"] == yaml.safe_load((smoke_run / "config.yaml").read_text())
+
+
+def test_smoke_run_logs_every_batch_record_and_epoch(smoke_run):
+    records = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
+    config = load_config(SMOKE)
+    batches_per_epoch = -(-config.data.train_subset // config.pretrain.batch_size)
+    logged_per_epoch = -(-batches_per_epoch // config.log.every_n_batches)
+    for phase, epochs in [("pretrained", config.pretrain.epochs), ("lora", config.finetune.epochs),
+                          ("dora", config.finetune.epochs)]:
+        kinds = [r["kind"] for r in records if r["phase"] == phase]
+        assert kinds.count("batch") == epochs * logged_per_epoch
+        assert kinds.count("epoch") == epochs and kinds.count("test") == 1
+
+
+def test_same_seed_gives_identical_results(tmp_path, mnist_root, smoke_run):
+    again = run_cli(tmp_path, mnist_root)
+    first, second = (json.loads((run / "summary.json").read_text())["methods"] for run in (smoke_run, again))
+    for method in first:
+        assert first[method]["test_accuracy"] == second[method]["test_accuracy"]
+    losses = [[json.loads(line).get("loss") for line in (run / "metrics.jsonl").read_text().splitlines()]
+              for run in (smoke_run, again)]
+    assert losses[0] == losses[1]
+
+
+def test_accuracy_is_over_the_whole_test_set(tmp_path, mnist_root):
+    run = run_cli(tmp_path, mnist_root, "data.test_subset=null", "finetune.methods=[dora]", "finetune.epochs=1")
+    methods = json.loads((run / "summary.json").read_text())["methods"]
+    assert [m["n_test"] for m in methods.values()] == [10_000, 10_000]
+
+
+def test_overrides_reach_the_run_and_its_config(tmp_path, mnist_root):
+    run = run_cli(tmp_path, mnist_root, "lora.rank=8", "dora.alpha=16", run_name="r8")
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["lora"]["rank"] == 8 and saved["dora"]["alpha"] == 16.0
+    methods = json.loads((run / "summary.json").read_text())["methods"]
+    assert methods["lora"]["rank"] == 8 and methods["lora"]["trainable_params"] == 8 * (912 + 384 + 266)
+    assert methods["dora"]["alpha"] == 16.0 and methods["dora"]["s"] == 4.0
+
+
+def test_an_existing_run_folder_is_never_overwritten(tmp_path, mnist_root, capsys):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "summary.json").write_text("{}")
+    argv = ["--config", str(SMOKE), f"output.dir={tmp_path}", "output.run_name=taken"]
+    assert dora_example.main(argv) == 2
+    assert "exists already" in capsys.readouterr().err
+    assert (tmp_path / "taken" / "summary.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("override,key", [("lora.rnak=8", "lora.rnak"), ("lora.rank=four", "lora.rank")])
+def test_cli_rejects_bad_keys_before_any_work(tmp_path, override, key):
+    result = subprocess.run([sys.executable, str(REPO / "dora_example.py"), "--config", str(SMOKE),
+                             f"output.dir={tmp_path / 'out'}", override],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2
+    assert key in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_frozen_weights_are_checked_after_fine_tuning():
+    model = torch.nn.Linear(3, 2)
+    frozen = {name: p.detach().clone() for name, p in model.named_parameters()}
+    dora_example.assert_unchanged(model, frozen, "lora")
+    with torch.no_grad():
+        model.weight[0, 0] += 1e-7
+    with pytest.raises(RuntimeError, match="changed frozen weights: weight"):
+        dora_example.assert_unchanged(model, frozen, "lora")

@@ -1,0 +1,72 @@
+"""The training and evaluation loops, on synthetic data (no MNIST needed)."""
+
+import copy
+
+import torch
+
+from loradora.adapters import add_adapters
+from loradora.data import Split, shuffled_batches
+from loradora.model import MLP
+from loradora.training import evaluate, train
+
+
+def synthetic(n: int = 512) -> Split:
+    return Split(torch.rand(n, 784), torch.randint(0, 10, (n,)))
+
+
+def fine_tune(model, data, seed=0, epochs=1):
+    records = []
+    epoch_records = train(model, data, epochs=epochs, batch_size=64, lr=1e-2,
+                          generator=torch.Generator().manual_seed(seed), log=records.append, log_every=4)
+    return epoch_records, records
+
+
+def test_only_adapter_parameters_change():
+    model = add_adapters(MLP(), "dora", 4, 8.0)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    fine_tune(model, synthetic())
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert not torch.equal(p, before[name]), f"adapter parameter {name} did not train"
+        else:
+            assert torch.equal(p, before[name]), f"frozen parameter {name} changed"
+
+
+def test_dora_and_lora_diverge_when_trained_alike():
+    # Regression: one reference's "DoRA" model silently trained LoRA layers, so the two agreed.
+    data, base = synthetic(), MLP()
+    tuned = {}
+    for method in ("lora", "dora"):
+        torch.manual_seed(1)  # the same adapter init and batch order for both
+        tuned[method] = add_adapters(copy.deepcopy(base), method, 4, 8.0)
+        fine_tune(tuned[method], data)
+    x = data.images[:64]
+    assert (tuned["dora"](x) - tuned["lora"](x)).abs().max() > 1e-3
+
+
+def test_records_and_epoch_statistics_cover_every_batch():
+    data = synthetic(300)  # 5 batches of 64: the last one short
+    epoch_records, records = fine_tune(MLP(), data, epochs=2)
+    batches = [r for r in records if r["kind"] == "batch"]
+    assert [(r["epoch"], r["batch"]) for r in batches] == [(1, 0), (1, 4), (2, 0), (2, 4)]
+    assert all(r["batches"] == 5 for r in batches)
+    assert [r["n_train"] for r in epoch_records] == [300, 300]
+    assert all(0 <= r["train_accuracy"] <= 100 and r["seconds"] > 0 for r in epoch_records)
+
+
+def test_batches_are_a_seeded_permutation():
+    first = shuffled_batches(300, 64, torch.Generator().manual_seed(5), "cpu")
+    again = shuffled_batches(300, 64, torch.Generator().manual_seed(5), "cpu")
+    assert [len(b) for b in first] == [64, 64, 64, 64, 44]
+    assert torch.equal(torch.cat(first).sort().values, torch.arange(300))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+def test_evaluate_counts_every_image():
+    # Regression: one reference reported "test accuracy" on a single batch of 64 images.
+    data = synthetic(10_000)
+    model = MLP()
+    accuracy = evaluate(model, data)
+    expected = (model(data.images).argmax(dim=1) == data.labels).sum().item()
+    assert (accuracy.correct, accuracy.total) == (expected, 10_000)
+    assert accuracy.percent == 100 * expected / 10_000
