@@ -96,9 +96,10 @@ def fit(model, phase: str, settings, train_data: Split, test_data: Split, config
     """Train ``model`` on ``train_data`` with ``settings`` (epochs, batch size, lr), then test it."""
     n_trainable = count_trainable_parameters(model)
     n_total = sum(p.numel() for p in model.parameters())
-    print(f"\n== {phase}: {settings.epochs} epochs, {n_trainable:,} of {n_total:,} parameters trainable")
+    epochs = f"{settings.epochs} epoch{'' if settings.epochs == 1 else 's'}"
+    print(f"\n== {phase}: {epochs}, {n_trainable:,} of {n_total:,} parameters trainable")
     generator = torch.Generator().manual_seed(config.seed)  # every phase sees the same batch order
-    epochs = train(model, train_data, epochs=settings.epochs, batch_size=settings.batch_size,
+    epoch_records = train(model, train_data, epochs=settings.epochs, batch_size=settings.batch_size,
                    lr=settings.lr, generator=generator, log_every=config.log.every_n_batches,
                    log=lambda r: record({"phase": phase, **r}))
     accuracy = evaluate(model, test_data)
@@ -107,10 +108,10 @@ def fit(model, phase: str, settings, train_data: Split, test_data: Split, config
         "test_accuracy": accuracy.percent,
         "test_correct": accuracy.correct,
         "n_test": accuracy.total,
-        "train_accuracy": epochs[-1]["train_accuracy"] if epochs else None,
+        "train_accuracy": epoch_records[-1]["train_accuracy"] if epoch_records else None,
         "n_train": len(train_data),
         "trainable_params": n_trainable,
-        "train_seconds": sum(e["seconds"] for e in epochs),
+        "train_seconds": sum(record["seconds"] for record in epoch_records),
         "epochs": settings.epochs,
     }
 
