@@ -23,37 +23,48 @@ from loradora.adapters import add_adapters, count_trainable_parameters, lora_sca
 from loradora.config import Config, ConfigError, load_config, resolve_device, to_dict, to_yaml
 from loradora.data import DataUnavailable, Split, load_mnist
 from loradora.model import MLP
-from loradora.results import MetricsLog, create_run_dir, environment, format_table, write_atomic, write_json
-from loradora.training import evaluate, train
+from loradora.results import (MetricsLog, OutputUnavailable, create_run_dir, environment, format_table,
+                              write_atomic, write_json)
+from loradora.training import Diverged, evaluate, train, use_deterministic_algorithms
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 1 no usable data or the pretraining diverged, 2 bad config or output
+    folder (nothing written), 130 interrupted (finished phases kept, summary marked incomplete)."""
     args = parse_args(argv)
     try:
         config = load_config(args.config, args.overrides)
         device = resolve_device(config.device)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    try:
         run_dir = create_run_dir(config.output.dir, config.output.run_name)
-    except FileExistsError as error:
+    except (ConfigError, OutputUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(to_yaml(config))
+    if config.deterministic:
+        use_deterministic_algorithms()
     write_atomic(run_dir / "config.yaml", to_yaml(config))
     metrics = MetricsLog(run_dir / "metrics.jsonl")
+    summary = new_summary(config, device)
+    save = lambda: write_json(run_dir / "summary.json", summary)  # noqa: E731
     try:
-        summary = run(config, device, record=lambda r: (show(r), metrics(r)))
+        run(config, device, summary, record=lambda r: (show(r), metrics(r)), checkpoint=save)
     except DataUnavailable as error:
+        summary.update(status="failed", error=str(error))
+        save()
         print(f"error: {error}", file=sys.stderr)
         return 1
-    write_json(run_dir / "summary.json", summary)
+    except KeyboardInterrupt:
+        summary["status"] = "interrupted"
+        save()
+        print(f"\ninterrupted: finished phases are in {run_dir}/summary.json, marked incomplete",
+              file=sys.stderr)
+        return 130
+    save()
     print("\n" + format_table(summary["methods"]))
     print(f"\nresults: {run_dir}/")
-    return 0
+    return 0 if summary["status"] == "complete" else 1
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -68,16 +79,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(config: Config, device: torch.device, record=lambda r: None) -> dict:
-    """The whole experiment; returns the summary. ``record`` receives every metrics record."""
+def new_summary(config: Config, device: torch.device) -> dict:
+    """What summary.json holds; ``status`` stays "running" until every phase has finished."""
+    return {"status": "running", "methods": {}, "config": to_dict(config), "env": environment(device)}
+
+
+def run(config: Config, device: torch.device, summary: dict, record=lambda r: None,
+        checkpoint=lambda: None) -> dict:
+    """The whole experiment, filling ``summary["methods"]`` phase by phase.
+
+    ``record`` receives every metrics record; ``checkpoint`` is called after each phase, so an
+    interruption keeps what has finished. A method that diverges is recorded as such and the
+    others still run; a pretraining that diverges leaves nothing to fine-tune.
+    """
     options = dict(root=config.data.root, device=device, download=config.data.download)
     train_data = load_mnist(train=True, subset=config.data.train_subset, **options)
     test_data = load_mnist(train=False, subset=config.data.test_subset, **options)
     print(f"MNIST: {len(train_data):,} training and {len(test_data):,} test images, on {device}")
+    results = summary["methods"]
 
     torch.manual_seed(config.seed)
     model = MLP(config.model.hidden_sizes).to(device)
-    results = {"pretrained": fit(model, "pretrained", config.pretrain, train_data, test_data, config, record)}
+    results["pretrained"] = fit(model, "pretrained", config.pretrain, train_data, test_data, config, record)
+    checkpoint()
+    if results["pretrained"]["diverged"]:
+        summary["status"] = "pretraining diverged"
+        return summary
 
     for method in config.finetune.methods:
         torch.manual_seed(config.seed)  # every method starts from the same adapter init
@@ -88,8 +115,10 @@ def run(config: Config, device: torch.device, record=lambda r: None) -> dict:
         results[method].update(rank=adapter.rank, alpha=adapter.alpha, scaling=adapter.scaling,
                                s=lora_scaling(adapter.rank, adapter.alpha, adapter.scaling))
         assert_unchanged(tuned, frozen, method)
+        checkpoint()
 
-    return {"methods": results, "config": to_dict(config), "env": environment(device)}
+    summary["status"] = "complete"
+    return summary
 
 
 def fit(model, phase: str, settings, train_data: Split, test_data: Split, config: Config, record) -> dict:
@@ -98,21 +127,25 @@ def fit(model, phase: str, settings, train_data: Split, test_data: Split, config
     n_total = sum(p.numel() for p in model.parameters())
     epochs = f"{settings.epochs} epoch{'' if settings.epochs == 1 else 's'}"
     print(f"\n== {phase}: {epochs}, {n_trainable:,} of {n_total:,} parameters trainable")
+    result = {"trainable_params": n_trainable, "epochs": settings.epochs, "n_train": len(train_data),
+              "diverged": False}
     generator = torch.Generator().manual_seed(config.seed)  # every phase sees the same batch order
-    epoch_records = train(model, train_data, epochs=settings.epochs, batch_size=settings.batch_size,
-                   lr=settings.lr, generator=generator, log_every=config.log.every_n_batches,
-                   log=lambda r: record({"phase": phase, **r}))
+    try:
+        epoch_records = train(model, train_data, epochs=settings.epochs, batch_size=settings.batch_size,
+                              lr=settings.lr, generator=generator, log_every=config.log.every_n_batches,
+                              max_loss=settings.max_loss, log=lambda r: record({"phase": phase, **r}))
+    except Diverged as error:
+        record({"phase": phase, "kind": "diverged", "message": str(error)})
+        return {**result, "diverged": True, "error": str(error), "test_accuracy": None, "n_test": None}
     accuracy = evaluate(model, test_data)
     record({"phase": phase, "kind": "test", "test_accuracy": accuracy.percent, "n_test": accuracy.total})
     return {
+        **result,
         "test_accuracy": accuracy.percent,
         "test_correct": accuracy.correct,
         "n_test": accuracy.total,
         "train_accuracy": epoch_records[-1]["train_accuracy"] if epoch_records else None,
-        "n_train": len(train_data),
-        "trainable_params": n_trainable,
         "train_seconds": sum(record["seconds"] for record in epoch_records),
-        "epochs": settings.epochs,
     }
 
 
@@ -133,6 +166,8 @@ def show(record: dict) -> None:
         line = (f"Epoch: {record['epoch']:03d}/{record['epochs']:03d} | {phase} train loss "
                 f"{record['loss']:.4f} | train accuracy {record['train_accuracy']:.2f}% of "
                 f"{record['n_train']:,} | {record['seconds']:.2f} s")
+    elif kind == "diverged":
+        line = f"{phase} diverged and was stopped: {record['message']}; its results are not used"
     else:
         line = f"{phase}: test accuracy {record['test_accuracy']:.2f}% of {record['n_test']:,} images"
     tqdm.write(line)  # through tqdm, so a progress bar on a terminal is not broken up

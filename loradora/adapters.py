@@ -49,10 +49,10 @@ class LoRALinear(nn.Module):
         self.base = base.requires_grad_(False)
         self.rank, self.alpha, self.scaling_name = rank, alpha, scaling
         self.scaling = lora_scaling(rank, alpha, scaling)
-        weight = base.weight
-        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, dtype=weight.dtype, device=weight.device))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, dtype=weight.dtype, device=weight.device))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        # A is drawn on the CPU, so one seed gives one init on every device.
+        lora_A = nn.init.kaiming_uniform_(torch.empty(rank, base.in_features), a=math.sqrt(5))
+        self.lora_A = nn.Parameter(lora_A.to(base.weight))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank).to(base.weight))
 
     @property
     def in_features(self) -> int:

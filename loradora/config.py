@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from loradora.adapters import ADAPTERS, SCALINGS
+from loradora.model import N_CLASSES, N_PIXELS
 
 
 class ConfigError(ValueError):
@@ -42,6 +43,7 @@ class PretrainConfig:
     epochs: int = 1
     batch_size: int = 64
     lr: float = 0.005
+    max_loss: float = 1000.0
 
 
 @dataclass
@@ -77,6 +79,7 @@ class OutputConfig:
 class Config:
     seed: int = 123
     device: str = "auto"
+    deterministic: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -110,7 +113,10 @@ def read_yaml(path: str | Path) -> dict:
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from error
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from error
     if data is None:
         raise ConfigError(f"{path}: the config file is empty")
     if not isinstance(data, dict):
@@ -202,11 +208,35 @@ def validate(config: Config) -> None:
             (f"{method}.alpha", math.isfinite(adapter.alpha) and adapter.alpha > 0, "a finite number > 0"),
             (f"{method}.scaling", adapter.scaling in SCALINGS, f"one of {', '.join(SCALINGS)}"),
         ]
+    for method in ("lora", "dora"):
+        rank, limit = getattr(config, method).rank, max_useful_rank(config.model.hidden_sizes)
+        checks.append((f"{method}.rank", rank <= limit, f"an integer from 1 to {limit} for this model"))
     unknown_methods = [m for m in config.finetune.methods if m not in ADAPTERS]
-    checks.append(("finetune.methods", not unknown_methods, f"a list drawn from {', '.join(ADAPTERS)}"))
+    checks += [
+        ("finetune.methods", not unknown_methods, f"a list drawn from {', '.join(ADAPTERS)}"),
+        ("pretrain.max_loss", config.pretrain.max_loss > 0, "a number > 0"),
+        ("finetune.max_loss", config.finetune.max_loss > 0, "a number > 0"),
+        ("output.run_name", is_plain_name(config.output.run_name),
+         "null or a folder name without '/', '\\' or '..', so the run stays inside output.dir"),
+    ]
     for key, ok, allowed in checks:
         if not ok:
             raise ConfigError(f"{key}: got {lookup(config, key)!r}, allowed: {allowed}")
+
+
+def max_useful_rank(hidden_sizes: list[int]) -> int:
+    """The largest rank from which some adapted layer still gains: max over layers of min(in, out).
+
+    The update B@A of a layer has rank at most min(in, out); a higher rank still trains (PEFT
+    allows it) but adds parameters no layer can use. Here: 128 for the 784-128-256-10 MLP, while
+    the 256->10 head saturates at rank 10.
+    """
+    sizes = [N_PIXELS, *hidden_sizes, N_CLASSES]
+    return max(min(n_in, n_out) for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+
+
+def is_plain_name(name: str | None) -> bool:
+    return name is None or (name not in ("", ".", "..") and not any(c in name for c in "/\\\0"))
 
 
 def resolve_device(name: str) -> torch.device:

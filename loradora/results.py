@@ -16,35 +16,41 @@ from pathlib import Path
 import torch
 
 
+class OutputUnavailable(RuntimeError):
+    """The run folder cannot be created or written."""
+
+
 def create_run_dir(output_dir: str | Path, run_name: str | None) -> Path:
     """A new, empty folder for this run; an existing one is never reused or overwritten.
 
     A chosen name that exists is an error; the default name (a timestamp) gets a suffix instead.
     """
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if run_name is not None:
-        run_dir = output_dir / run_name
-        try:
-            run_dir.mkdir()
-        except FileExistsError:
-            raise FileExistsError(f"{run_dir} exists already; choose another output.run_name") from None
-        return run_dir
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for suffix in ["", *(f"-{i}" for i in range(2, 1000))]:
-        try:
-            (output_dir / (stamp + suffix)).mkdir()
-            return output_dir / (stamp + suffix)
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free run folder for {stamp} in {output_dir}")
+    names = [run_name] if run_name else [time.strftime("%Y%m%d-%H%M%S") + suffix
+                                         for suffix in ["", *(f"-{i}" for i in range(2, 100))]]
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            try:
+                (output_dir / name).mkdir()
+                return output_dir / name
+            except FileExistsError:
+                continue
+    except OSError as error:
+        raise OutputUnavailable(f"cannot create a run folder in {output_dir}: {error.strerror}") from None
+    raise OutputUnavailable(f"{output_dir / names[-1]} exists already; choose another output.run_name")
 
 
 def write_atomic(path: Path, text: str) -> None:
     """Write to a temporary file beside ``path`` then rename it, so a crash leaves no half file."""
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
+        try:
+            tmp.write(text)
+            tmp.close()
+            os.replace(tmp.name, path)
+        except BaseException:
+            os.unlink(tmp.name)
+            raise
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -52,14 +58,17 @@ def write_json(path: Path, data: dict) -> None:
 
 
 class MetricsLog:
-    """Appends one JSON object per line; each line is flushed, so an interrupted run keeps its log."""
+    """Appends one JSON object per line, each in a single write, so no record is ever half there."""
 
     def __init__(self, path: Path):
         self.path = path
 
     def __call__(self, record: dict) -> None:
-        with self.path.open("a") as file:
-            file.write(json.dumps(record) + "\n")
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(descriptor, (json.dumps(record) + "\n").encode())
+        finally:
+            os.close(descriptor)
 
 
 def environment(device: torch.device) -> dict:
@@ -103,13 +112,14 @@ def format_table(methods: dict) -> str:
     header = ("method", "rank", "alpha", "trainable params", "test accuracy", "train s")
     rows = [header]
     for name, result in methods.items():
+        diverged = result.get("diverged", False)
         rows.append((
             name,
             str(result.get("rank", "-")),
             f"{result['alpha']:g}" if "alpha" in result else "-",
             f"{result['trainable_params']:,}",
-            f"{result['test_accuracy']:.2f}% of {result['n_test']:,}",
-            f"{result['train_seconds']:.1f}",
+            "diverged" if diverged else f"{result['test_accuracy']:.2f}% of {result['n_test']:,}",
+            "-" if diverged else f"{result['train_seconds']:.1f}",
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))

@@ -1,5 +1,7 @@
 """Training and evaluation loops over tensors already on the device."""
 
+import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -15,6 +17,10 @@ from loradora.data import Split, shuffled_batches
 EVAL_BATCH_SIZE = 4096  # large batches: evaluation is forward-only, so memory stays small
 
 
+class Diverged(RuntimeError):
+    """A batch loss was non-finite or above ``max_loss``: the phase cannot give a usable model."""
+
+
 @dataclass
 class Accuracy:
     correct: int
@@ -26,14 +32,18 @@ class Accuracy:
 
 
 def train(model: nn.Module, data: Split, *, epochs: int, batch_size: int, lr: float,
-          generator: torch.Generator, log: Callable[[dict], None], log_every: int) -> list[dict]:
+          generator: torch.Generator, log: Callable[[dict], None], log_every: int,
+          max_loss: float = math.inf) -> list[dict]:
     """Adam on cross-entropy over the trainable parameters; returns one record per epoch.
 
     ``log`` receives a record for every ``log_every``-th batch and one per epoch; an epoch record
     holds the mean loss, the accuracy on the batches as they were trained (the whole epoch, not one
-    batch) and the epoch's seconds. Between records the
-    loop never waits for the device: loss and accuracy accumulate as tensors, and ``.item()`` is
-    called only when a record is made. Timing synchronises the GPU and excludes evaluation.
+    batch) and the epoch's seconds. Between records the loop never waits for the device: loss and
+    accuracy accumulate as tensors, and ``.item()`` is called only when a record is made. Timing
+    synchronises the GPU and excludes evaluation.
+
+    Raises Diverged, at the next record, once any batch loss was non-finite or above ``max_loss``
+    (Adam bounds each step by lr, so lr=1e3 gives huge but finite losses, not NaN).
     """
     device = data.images.device
     # fused: one kernel per step for all parameters instead of ~10 per tensor (1.3x faster steps
@@ -45,6 +55,7 @@ def train(model: nn.Module, data: Split, *, epochs: int, batch_size: int, lr: fl
         batches = shuffled_batches(len(data), batch_size, generator, device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
+        worst_loss = torch.zeros((), device=device)  # torch.maximum keeps a NaN once it has seen one
         start = _now(device)
         progress = tqdm(batches, desc=f"epoch {epoch}/{epochs}", leave=False,
                         disable=not sys.stdout.isatty())
@@ -57,6 +68,9 @@ def train(model: nn.Module, data: Split, *, epochs: int, batch_size: int, lr: fl
             optimizer.step()
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(dim=1) == labels).sum()
+            worst_loss = torch.maximum(worst_loss, loss.detach())
+            if batch % log_every == 0 or batch == len(batches) - 1:
+                check_divergence(worst_loss.item(), max_loss, epoch, batch)
             if batch % log_every == 0:  # the seeds log batch 0, 400, 800, ...
                 log({"kind": "batch", "epoch": epoch, "epochs": epochs, "batch": batch,
                      "batches": len(batches), "loss": loss.item()})
@@ -69,6 +83,12 @@ def train(model: nn.Module, data: Split, *, epochs: int, batch_size: int, lr: fl
     return epoch_records
 
 
+def check_divergence(worst_loss: float, max_loss: float, epoch: int, batch: int) -> None:
+    if not worst_loss <= max_loss:  # also true for NaN
+        raise Diverged(f"a batch loss reached {worst_loss:.4g} (max_loss {max_loss:g}) "
+                       f"by epoch {epoch}, batch {batch}")
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: Split) -> Accuracy:
     """Accuracy over every image of ``data``, not a sample of it."""
@@ -78,6 +98,16 @@ def evaluate(model: nn.Module, data: Split) -> Accuracy:
         for i in range(0, len(data), EVAL_BATCH_SIZE)
     )
     return Accuracy(int(correct), len(data))
+
+
+def use_deterministic_algorithms() -> None:
+    """Make CUDA runs repeatable too (CPU runs already are, on one machine and thread count).
+
+    cuBLAS needs a fixed workspace for deterministic matmuls; the variable is read when cuBLAS
+    starts, so this must run before the first CUDA matmul.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
 
 
 def _now(device: torch.device) -> float:
