@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 
 from loradora.adapters import add_adapters
@@ -70,3 +71,22 @@ def test_evaluate_counts_every_image():
     expected = (model(data.images).argmax(dim=1) == data.labels).sum().item()
     assert (accuracy.correct, accuracy.total) == (expected, 10_000)
     assert accuracy.percent == 100 * expected / 10_000
+
+
+def test_the_fused_loop_gives_the_plain_loops_losses():
+    # The loop's speed choices (fused Adam, tensors accumulated on the device, no per-step sync)
+    # must not change what is learned: compare with the plainest loop and the default Adam.
+    data, base = synthetic(640), add_adapters(MLP(), "dora", 4, 8.0)
+    _, records = fine_tune(copy.deepcopy(base), data)  # log_every=4: losses of batches 0, 4, 8
+    plain = copy.deepcopy(base)
+    optimizer = torch.optim.Adam([p for p in plain.parameters() if p.requires_grad], lr=1e-2,
+                                 foreach=False, fused=False)
+    plain_losses = []
+    for indices in shuffled_batches(len(data), 64, torch.Generator().manual_seed(0), "cpu"):
+        loss = torch.nn.functional.cross_entropy(plain(data.images[indices]), data.labels[indices])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        plain_losses.append(loss.item())
+    logged = [r["loss"] for r in records if r["kind"] == "batch"]
+    assert logged == pytest.approx(plain_losses[::4], rel=1e-4)
