@@ -7,7 +7,8 @@
 The pipeline: load MNIST onto the device; pretrain the MLP with every weight trainable; then for
 each fine-tuning method, deep-copy the pretrained model, freeze it, wrap its linear layers in that
 method's adapters, fine-tune only the adapters, and measure accuracy on the whole test set. Results
-go to results/<run_name>/ (config.yaml, metrics.jsonl, summary.json).
+go to results/<run_name>/ (config.yaml, metrics.jsonl, summary.json), with the pretrained model, each
+method's adapters, merged model and PEFT export (see loradora/artifacts.py).
 """
 
 import argparse
@@ -20,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from loradora.adapters import add_adapters, count_trainable_parameters, lora_scaling
+from loradora.artifacts import format_files, save_method, save_pretrained
 from loradora.config import Config, ConfigError, load_config, resolve_device, to_dict, to_yaml
 from loradora.data import DataUnavailable, Split, load_mnist
 from loradora.model import MLP
@@ -46,12 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     write_atomic(run_dir / "config.yaml", to_yaml(config))
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     try:
-        summary = run(config, device, record=lambda r: (show(r), metrics(r)))
+        summary = run(config, device, record=lambda r: (show(r), metrics(r)), run_dir=run_dir)
     except DataUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     write_json(run_dir / "summary.json", summary)
     print("\n" + format_table(summary["methods"]))
+    print("\n" + format_files(summary["methods"]))
     print(f"\nresults: {run_dir}/")
     return 0
 
@@ -68,8 +71,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(config: Config, device: torch.device, record=lambda r: None) -> dict:
-    """The whole experiment; returns the summary. ``record`` receives every metrics record."""
+def run(config: Config, device: torch.device, record=lambda r: None, run_dir: Path | None = None) -> dict:
+    """The whole experiment; returns the summary. ``record`` receives every metrics record.
+
+    With ``run_dir`` the models and adapters are saved there too (benchmarks leave it out).
+    """
     options = dict(root=config.data.root, device=device, download=config.data.download)
     train_data = load_mnist(train=True, subset=config.data.train_subset, **options)
     test_data = load_mnist(train=False, subset=config.data.test_subset, **options)
@@ -78,6 +84,8 @@ def run(config: Config, device: torch.device, record=lambda r: None) -> dict:
     torch.manual_seed(config.seed)
     model = MLP(config.model.hidden_sizes).to(device)
     results = {"pretrained": fit(model, "pretrained", config.pretrain, train_data, test_data, config, record)}
+    if run_dir is not None:
+        results["pretrained"].update(save_pretrained(model, run_dir))
 
     for method in config.finetune.methods:
         torch.manual_seed(config.seed)  # every method starts from the same adapter init
@@ -88,6 +96,8 @@ def run(config: Config, device: torch.device, record=lambda r: None) -> dict:
         results[method].update(rank=adapter.rank, alpha=adapter.alpha, scaling=adapter.scaling,
                                s=lora_scaling(adapter.rank, adapter.alpha, adapter.scaling))
         assert_unchanged(tuned, frozen, method)
+        if run_dir is not None:
+            results[method].update(save_method(tuned, method, run_dir, test_data, base=model))
 
     return {"methods": results, "config": to_dict(config), "env": environment(device)}
 

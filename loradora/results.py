@@ -47,6 +47,13 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp.name, path)
 
 
+def write_atomic_bytes(path: Path, data: bytes) -> None:
+    """``write_atomic`` for binary files such as safetensors."""
+    with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        tmp.write(data)
+    os.replace(tmp.name, path)
+
+
 def write_json(path: Path, data: dict) -> None:
     write_atomic(path, json.dumps(data, indent=2) + "\n")
 
