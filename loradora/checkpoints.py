@@ -26,22 +26,22 @@ from loradora.results import write_atomic_bytes
 CONFIG_KEY = "adapter_config"  # the safetensors metadata entry that holds the adapter settings
 
 
-def save_model(model: nn.Module, path: Path) -> None:
+def save_model(model: nn.Module, path: str | Path) -> None:
     save_tensors(path, model.state_dict())
 
 
-def load_model(model: nn.Module, path: Path) -> nn.Module:
+def load_model(model: nn.Module, path: str | Path) -> nn.Module:
     """Load the state dict at ``path`` into ``model`` (every key must match) and return it."""
     model.load_state_dict(load_file(path))
     return model
 
 
-def save_adapters(model: nn.Module, path: Path) -> None:
+def save_adapters(model: nn.Module, path: str | Path) -> None:
     """Only the adapters of ``model``, with the settings ``load_adapters`` needs to re-attach them."""
     save_tensors(path, adapter_state_dict(model), {CONFIG_KEY: json.dumps(adapter_settings(model))})
 
 
-def load_adapters(model: nn.Module, path: Path) -> nn.Module:
+def load_adapters(model: nn.Module, path: str | Path) -> nn.Module:
     """Wrap ``model``, the base the adapters were trained on, in the adapters saved at ``path``."""
     settings = read_adapter_settings(path)
     model = add_adapters(model, **settings)
@@ -54,7 +54,7 @@ def load_adapters(model: nn.Module, path: Path) -> nn.Module:
     return model
 
 
-def read_adapter_settings(path: Path) -> dict:
+def read_adapter_settings(path: str | Path) -> dict:
     with safe_open(path, "pt") as file:
         metadata = file.metadata() or {}
     if CONFIG_KEY not in metadata:
@@ -92,8 +92,9 @@ def layer_settings(layer: LoRALinear) -> dict:
     return settings
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """A safetensors file, written atomically; "format": "pt" as PEFT and transformers write it."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
     write_atomic_bytes(path, save(tensors, metadata={"format": "pt", **(metadata or {})}))

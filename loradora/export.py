@@ -23,8 +23,9 @@ PEFT_PREFIX = "base_model.model."  # PeftModel holds a LoraModel, which holds th
 PEFT_NAMES = {"lora_A": "lora_A.weight", "lora_B": "lora_B.weight", "magnitude": "lora_magnitude_vector"}
 
 
-def export_peft(model: nn.Module, directory: Path) -> None:
+def export_peft(model: nn.Module, directory: str | Path) -> None:
     """Write the adapters of ``model`` as a PEFT LoRA/DoRA adapter into ``directory``."""
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_tensors(directory / "adapter_model.safetensors", peft_state_dict(model))
     write_json(directory / "adapter_config.json", peft_config(adapter_settings(model)))
@@ -64,9 +65,11 @@ def peft_config(settings: dict) -> dict:
 
 
 def peft_alpha(rank: int, alpha: float, scaling: str) -> tuple[float, bool]:
-    """PEFT's (lora_alpha, use_rslora) for our scaling: PEFT computes s = lora_alpha / rank, or
-    lora_alpha / sqrt(rank) with use_rslora. It has no s = alpha, so that one is written as
-    lora_alpha = alpha * rank."""
+    """PEFT's (lora_alpha, use_rslora) that give our s.
+
+    PEFT computes s = lora_alpha / rank, or lora_alpha / sqrt(rank) with use_rslora. It has no
+    s = alpha (our "alpha" scaling), so that one is written as lora_alpha = alpha * rank.
+    """
     if scaling == "standard":
         return alpha, False
     if scaling == "rslora":
