@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from loradora.adapters import add_adapters, count_trainable_parameters, lora_scaling
-from loradora.artifacts import format_files, save_method, save_pretrained
+from loradora.artifacts import format_artifacts, save_method, save_pretrained
 from loradora.config import Config, ConfigError, load_config, resolve_device, to_dict, to_yaml
 from loradora.data import DataUnavailable, Split, load_mnist
 from loradora.model import MLP
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     write_json(run_dir / "summary.json", summary)
     print("\n" + format_table(summary["methods"]))
-    print("\n" + format_files(summary["methods"]))
+    print("\n" + format_artifacts(summary["methods"]))
     print(f"\nresults: {run_dir}/")
     return 0
 

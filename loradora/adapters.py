@@ -77,7 +77,10 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Write W' into the base weight, so that a forward pass is one plain matmul."""
+        """Write W' into the base weight, so that a forward pass is one plain matmul.
+
+        While merged the adapter gets no gradients: unmerge before training it again.
+        """
         self._expect_merged(False)
         self.base.weight.copy_(self.merged_weight())
         self.merged = True
@@ -138,7 +141,7 @@ class DoRALinear(LoRALinear):
     @torch.no_grad()
     def merge(self) -> None:
         self._expect_merged(False)
-        self.merge_norm = self.weight_norm().detach().clone()
+        self.merge_norm = self.weight_norm()
         super().merge()
 
     @torch.no_grad()

@@ -63,17 +63,17 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> Accuracy:
     return Accuracy(int((logits.argmax(dim=1) == labels).sum()), len(labels))
 
 
-def format_files(methods: dict) -> str:
+def format_artifacts(methods: dict) -> str:
     """One line per fine-tuned method: its file sizes against the full model's, merged vs unmerged."""
     lines = []
     for name, result in methods.items():
         if "merged_test_accuracy" not in result:
             continue
-        files = result["files"]
+        adapter_bytes, full_bytes = result["files"]["adapter_bytes"], result["files"]["full_model_bytes"]
         lines.append(
-            f"{name}: adapter file {files['adapter_bytes']:,} bytes vs full model {files['full_model_bytes']:,} "
-            f"({files['adapter_bytes'] / files['full_model_bytes']:.1%}); merged model "
-            f"{result['merged_test_accuracy']:.2f}% ({result['merged_test_correct']:,} of {result['n_test']:,}) vs "
-            f"unmerged {result['test_accuracy']:.2f}% ({result['test_correct']:,}), "
-            f"logits within {result['merged_max_logit_diff']:.1e}")
+            f"{name}: adapter file {adapter_bytes:,} bytes vs full model {full_bytes:,} "
+            f"({adapter_bytes / full_bytes:.1%}); test accuracy merged {result['merged_test_accuracy']:.2f}% "
+            f"({result['merged_test_correct']:,} of {result['n_test']:,}) vs unmerged "
+            f"{result['test_accuracy']:.2f}% ({result['test_correct']:,}), logits within "
+            f"{result['merged_max_logit_diff']:.1e}")
     return "\n".join(lines)

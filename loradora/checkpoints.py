@@ -92,7 +92,8 @@ def layer_settings(layer: LoRALinear) -> dict:
     return settings
 
 
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
+                 metadata: dict[str, str] | None = None) -> None:
     """A safetensors file, written atomically; "format": "pt" as PEFT and transformers write it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

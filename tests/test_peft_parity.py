@@ -37,7 +37,7 @@ def twins(base: nn.Module, method: str, scaling: str, targets, peft_targets):
     return ours, theirs
 
 
-def adapter_gradients(ours: nn.Module, theirs: nn.Module, method: str) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+def adapter_gradients(ours: nn.Module, theirs: nn.Module, method: str) -> list[tuple]:
     """(name, our gradient, PEFT's gradient) for every adapter tensor."""
     pairs = []
     for name, layer in adapter_layers(ours).items():
