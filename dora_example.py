@@ -7,7 +7,8 @@
 The pipeline: load MNIST onto the device; pretrain the MLP with every weight trainable; then for
 each fine-tuning method, deep-copy the pretrained model, freeze it, wrap its linear layers in that
 method's adapters, fine-tune only the adapters, and measure accuracy on the whole test set. Results
-go to results/<run_name>/ (config.yaml, metrics.jsonl, summary.json).
+go to results/<run_name>/ (config.yaml, metrics.jsonl, summary.json), with the pretrained model, each
+method's adapters, merged model and PEFT export (see loradora/artifacts.py).
 """
 
 import argparse
@@ -20,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from loradora.adapters import add_adapters, count_trainable_parameters, lora_scaling
+from loradora.artifacts import format_artifacts, save_method, save_pretrained
 from loradora.config import Config, ConfigError, load_config, resolve_device, to_dict, to_yaml
 from loradora.data import DataUnavailable, Split, load_mnist
 from loradora.model import MLP
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = new_summary(config, device)
     save = lambda: write_json(run_dir / "summary.json", summary)  # noqa: E731
     try:
-        run(config, device, summary, record=lambda r: (show(r), metrics(r)), checkpoint=save)
+        run(config, device, summary, record=lambda r: (show(r), metrics(r)), checkpoint=save, run_dir=run_dir)
     except DataUnavailable as error:
         summary.update(status="failed", error=str(error))
         save()
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     save()
     print("\n" + format_table(summary["methods"]))
+    print("\n" + format_artifacts(summary["methods"]))
     print(f"\nresults: {run_dir}/")
     return 0 if summary["status"] == "complete" else 1
 
@@ -85,12 +88,13 @@ def new_summary(config: Config, device: torch.device) -> dict:
 
 
 def run(config: Config, device: torch.device, summary: dict, record=lambda r: None,
-        checkpoint=lambda: None) -> dict:
+        checkpoint=lambda: None, run_dir: Path | None = None) -> dict:
     """The whole experiment, filling ``summary["methods"]`` phase by phase.
 
     ``record`` receives every metrics record; ``checkpoint`` is called after each phase, so an
     interruption keeps what has finished. A method that diverges is recorded as such and the
-    others still run; a pretraining that diverges leaves nothing to fine-tune.
+    others still run; a pretraining that diverges leaves nothing to fine-tune. With ``run_dir``
+    the models and adapters are saved there too (benchmarks leave it out).
     """
     options = dict(root=config.data.root, device=device, download=config.data.download)
     train_data = load_mnist(train=True, subset=config.data.train_subset, **options)
@@ -101,10 +105,13 @@ def run(config: Config, device: torch.device, summary: dict, record=lambda r: No
     torch.manual_seed(config.seed)
     model = MLP(config.model.hidden_sizes).to(device)
     results["pretrained"] = fit(model, "pretrained", config.pretrain, train_data, test_data, config, record)
-    checkpoint()
     if results["pretrained"]["diverged"]:
         summary["status"] = "pretraining diverged"
+        checkpoint()
         return summary
+    if run_dir is not None:
+        results["pretrained"].update(save_pretrained(model, run_dir))
+    checkpoint()
 
     for method in config.finetune.methods:
         torch.manual_seed(config.seed)  # every method starts from the same adapter init
@@ -115,6 +122,8 @@ def run(config: Config, device: torch.device, summary: dict, record=lambda r: No
         results[method].update(rank=adapter.rank, alpha=adapter.alpha, scaling=adapter.scaling,
                                s=lora_scaling(adapter.rank, adapter.alpha, adapter.scaling))
         assert_unchanged(tuned, frozen, method)
+        if run_dir is not None and not results[method]["diverged"]:
+            results[method].update(save_method(tuned, method, run_dir, test_data, base=model))
         checkpoint()
 
     summary["status"] = "complete"

@@ -7,9 +7,14 @@ LoRA (Hu et al. 2021, arXiv 2106.09685) learns a low-rank update s * B @ A; DoRA
     W' = m * (W0 + s * B @ A) / ||W0 + s * B @ A||
 
 with the norm taken per output row, so m has one entry per output feature.
+
+A layer can be merged in place for inference (its base weight becomes W') and unmerged back to W0;
+``merge_adapters`` turns a whole model back into plain ``nn.Linear`` layers for deployment.
 """
 
 import math
+import re
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +58,7 @@ class LoRALinear(nn.Module):
         lora_A = nn.init.kaiming_uniform_(torch.empty(rank, base.in_features), a=math.sqrt(5))
         self.lora_A = nn.Parameter(lora_A.to(base.weight))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank).to(base.weight))
+        self.merged = False  # True while base.weight holds W' instead of W0
 
     @property
     def in_features(self) -> int:
@@ -71,7 +77,30 @@ class LoRALinear(nn.Module):
         update matrix."""
         return self.scaling * F.linear(F.linear(x, self.lora_A), self.lora_B)
 
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Write W' into the base weight, so that a forward pass is one plain matmul.
+
+        While merged the adapter gets no gradients: unmerge before training it again.
+        """
+        self._expect_merged(False)
+        self.base.weight.copy_(self.merged_weight())
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restore W0 in the base weight, up to float rounding, to train or swap adapters again."""
+        self._expect_merged(True)
+        self.base.weight.addmm_(self.lora_B, self.lora_A, alpha=-self.scaling)  # W0 = W' - s*B@A
+        self.merged = False
+
+    def _expect_merged(self, merged: bool) -> None:
+        if self.merged != merged:
+            raise RuntimeError(f"adapter is {'already' if self.merged else 'not'} merged")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged:
+            return self.base(x)
         return self.base(x) + self.update(x)
 
     def extra_repr(self) -> str:
@@ -98,6 +127,9 @@ class DoRALinear(LoRALinear):
         super().__init__(base, rank, alpha, scaling)
         self.detach_norm = detach_norm
         self.magnitude = nn.Parameter(row_norms(base.weight.detach()).clone())
+        # ||W0 + s*B@A|| as it was at merge time: unmerging needs it, and it cannot be recomputed from
+        # W' alone, whose rows all have norm m. Not saved with the state dict (PEFT caches it the same way).
+        self.register_buffer("merge_norm", None, persistent=False)
 
     def weight_norm(self) -> torch.Tensor:
         """||W0 + s*B@A|| per output row; without autograd when detached (DoRA section 4.3)."""
@@ -107,7 +139,24 @@ class DoRALinear(LoRALinear):
     def merged_weight(self) -> torch.Tensor:
         return (self.magnitude / self.weight_norm()).unsqueeze(1) * super().merged_weight()
 
+    @torch.no_grad()
+    def merge(self) -> None:
+        self._expect_merged(False)
+        self.merge_norm = self.weight_norm()
+        super().merge()
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """W0 = W' * ||V|| / m - s*B@A, with ||V|| the norm kept at merge time (m must have no zeros)."""
+        self._expect_merged(True)
+        self.base.weight.mul_((self.merge_norm / self.magnitude).unsqueeze(1))
+        self.base.weight.addmm_(self.lora_B, self.lora_A, alpha=-self.scaling)
+        self.merge_norm = None
+        self.merged = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged:
+            return self.base(x)
         # x @ W'^T = (m / ||V||) * (x @ W0^T + s * (x @ A^T) @ B^T), V = W0 + s*B@A. Scaling the
         # output per row keeps the backward pass low-rank: no (out, in) weight gradient is formed,
         # which made the rebuilt-weight form 1.27x the instructions per step of this one.
@@ -130,38 +179,77 @@ def row_norms(weight: torch.Tensor) -> torch.Tensor:
 ADAPTERS = {"lora": LoRALinear, "dora": DoRALinear}
 
 
-def add_adapters(model: nn.Module, method: str, rank: int, alpha: float, **options) -> nn.Module:
-    """Freeze every parameter of ``model`` and wrap each of its ``nn.Linear`` layers in place.
+def add_adapters(model: nn.Module, method: str, rank: int, alpha: float,
+                 targets: str | Sequence[str] | None = None, **options) -> nn.Module:
+    """Freeze every parameter of ``model`` and wrap the target ``nn.Linear`` layers in place.
 
-    ``method`` is "lora" or "dora"; ``options`` go to the layer (``scaling``, and ``detach_norm``
-    for DoRA). Returns the model, whose only trainable parameters are now the adapters'.
+    ``method`` is "lora" or "dora"; ``targets`` picks layers by name as PEFT's ``target_modules``
+    does (see ``find_targets``; default: every ``nn.Linear``); ``options`` go to the layer
+    (``scaling``, and ``detach_norm`` for DoRA). Returns the model, whose only trainable parameters
+    are now the adapters'.
     """
     if method not in ADAPTERS:
         raise ValueError(f"unknown adapter method {method!r}; expected one of {', '.join(ADAPTERS)}")
-    if any(isinstance(module, LoRALinear) for module in model.modules()):
+    if adapter_layers(model):
         raise ValueError("model already has adapters; merge them first (merge_adapters)")
+    names = find_targets(model, targets)
     model.requires_grad_(False)
-    targets = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear]
-    for name, linear in targets:
-        _replace(model, name, ADAPTERS[method](linear, rank, alpha, **options))
+    for name in names:
+        _replace(model, name, ADAPTERS[method](model.get_submodule(name), rank, alpha, **options))
     return model
 
 
-@torch.no_grad()
-def merge_adapters(model: nn.Module) -> nn.Module:
-    """Replace each adapter layer by a plain ``nn.Linear`` holding its effective weight, in place.
+def find_targets(model: nn.Module, targets: str | Sequence[str] | None = None) -> list[str]:
+    r"""Names of the modules to wrap, with the rules of PEFT's ``LoraConfig.target_modules``.
 
-    The result needs no adapter code to run or load, and predicts what the adapted model predicts.
+    None: every ``nn.Linear``. A string: a regular expression that must match the whole name
+    (r"blocks\.\d+\.proj"). A list: names that equal an entry or end with "." + an entry
+    (["proj", "head"] selects "blocks.0.proj" and "head"). Every module selected must be an
+    ``nn.Linear``, and at least one must be.
     """
-    adapters = [(name, module) for name, module in model.named_modules() if isinstance(module, LoRALinear)]
-    for name, adapter in adapters:
-        base = adapter.base
-        merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
-                           device=base.weight.device, dtype=base.weight.dtype)
-        merged.weight.copy_(adapter.merged_weight())
-        if base.bias is not None:
-            merged.bias.copy_(base.bias)
-        _replace(model, name, merged.requires_grad_(False))
+    if targets is None:
+        return [name for name, module in model.named_modules() if type(module) is nn.Linear]
+    if isinstance(targets, str):
+        names = [name for name, _ in model.named_modules() if re.fullmatch(targets, name)]
+    else:
+        names = [name for name, _ in model.named_modules()
+                 if any(name == target or name.endswith(f".{target}") for target in targets)]
+    if not names:
+        raise ValueError(f"targets {targets!r} match no module of the model")
+    not_linear = [f"{name} ({type(model.get_submodule(name)).__name__})" for name in names
+                  if type(model.get_submodule(name)) is not nn.Linear]
+    if not_linear:
+        raise ValueError(f"targets {targets!r} match modules that are not nn.Linear: {', '.join(not_linear)}")
+    return names
+
+
+def adapter_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    """The model's adapter layers by module name, in model order."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, LoRALinear)}
+
+
+@torch.no_grad()
+def merge_adapters(model: nn.Module, unload: bool = True) -> nn.Module:
+    """Merge every adapter into its base weight, in place.
+
+    With ``unload`` (the default) each adapter layer is then replaced by its base ``nn.Linear``,
+    which now holds the effective weight: the model needs no adapter code to run or to load, and
+    predicts what the adapted model predicts. Without it the layers stay, merged, and
+    ``unmerge_adapters`` undoes the merge.
+    """
+    for name, adapter in adapter_layers(model).items():
+        if not adapter.merged:
+            adapter.merge()
+        if unload:
+            _replace(model, name, adapter.base)
+    return model
+
+
+def unmerge_adapters(model: nn.Module) -> nn.Module:
+    """Restore the base weights of every merged adapter layer, in place, so it can train again."""
+    for adapter in adapter_layers(model).values():
+        if adapter.merged:
+            adapter.unmerge()
     return model
 
 

@@ -41,12 +41,14 @@ def create_run_dir(output_dir: str | Path, run_name: str | None) -> Path:
     raise OutputUnavailable(f"{output_dir / names[-1]} exists already; choose another output.run_name")
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, data: str | bytes) -> None:
     """Write to a temporary file beside ``path`` then rename it, so a crash leaves no half file."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+    mode = "wb" if isinstance(data, bytes) else "w"
+    with tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
         try:
-            tmp.write(text)
+            tmp.write(data)
             tmp.close()
+            os.chmod(tmp.name, 0o644)  # temporary files are private (0600); results are to share
             os.replace(tmp.name, path)
         except BaseException:
             os.unlink(tmp.name)

@@ -90,15 +90,17 @@ def check_divergence(worst_loss: float, max_loss: float, epoch: int, batch: int)
                        f"by epoch {epoch}, batch {batch}")
 
 
-@torch.inference_mode()
 def evaluate(model: nn.Module, data: Split) -> Accuracy:
     """Accuracy over every image of ``data``, not a sample of it."""
-    model.eval()
-    correct = sum(
-        (model(data.images[i:i + EVAL_BATCH_SIZE]).argmax(dim=1) == data.labels[i:i + EVAL_BATCH_SIZE]).sum()
-        for i in range(0, len(data), EVAL_BATCH_SIZE)
-    )
+    correct = (predict(model, data.images).argmax(dim=1) == data.labels).sum()
     return Accuracy(int(correct), len(data))
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The logits for every image, in eval mode; the same batches each call, so the same numbers."""
+    model.eval()
+    return torch.cat([model(images[i:i + EVAL_BATCH_SIZE]) for i in range(0, len(images), EVAL_BATCH_SIZE)])
 
 
 def use_deterministic_algorithms() -> None:

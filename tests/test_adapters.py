@@ -1,28 +1,18 @@
-"""The adapter layers against the definitions in DEVELOPERS.md and the DoRA paper (eq. 5, sec. 4.3)."""
+"""The adapter layers against their definitions: DoRA eq. 5 (section 4.1) with the detached norm of
+section 4.3, and LoRA (its section 4.1), as README.md pins them."""
 
 import copy
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loradora.adapters import (DoRALinear, LoRALinear, add_adapters, count_trainable_parameters,
-                               lora_scaling, merge_adapters)
+from helpers import ALPHA, RANK, TOWER_PATTERNS, TOWER_TARGETS, Tower, nontrivial
+from loradora.adapters import (DoRALinear, LoRALinear, add_adapters, adapter_layers, count_trainable_parameters,
+                               find_targets, lora_scaling, merge_adapters, unmerge_adapters)
 from loradora.model import MLP
-
-RANK, ALPHA = 3, 7.0  # alpha != rank, so every scaling convention gives s != 1
-
-
-def nontrivial(module: nn.Module) -> nn.Module:
-    """Give every adapter B != 0 and (for DoRA) a magnitude away from its init, as after training."""
-    for layer in module.modules():
-        if isinstance(layer, LoRALinear):
-            nn.init.normal_(layer.lora_B, std=0.1)
-        if isinstance(layer, DoRALinear):
-            with torch.no_grad():
-                layer.magnitude.mul_(1 + 0.1 * torch.randn_like(layer.magnitude))
-    return module
 
 
 def paper_dora(x, weight, bias, A, B, magnitude, s):
@@ -132,3 +122,67 @@ def test_adding_adapters_twice_is_refused():
     model = add_adapters(MLP(), "lora", 4, 8.0)
     with pytest.raises(ValueError, match="already has adapters"):
         add_adapters(model, "dora", 4, 8.0)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_unmerge_restores_the_base_weights(method):
+    model = nontrivial(add_adapters(MLP(), method, RANK, ALPHA))
+    layers = adapter_layers(model)
+    base_weights = {name: layer.base.weight.detach().clone() for name, layer in layers.items()}
+    x = torch.rand(256, 784)
+    expected = model(x)
+    merge_adapters(model, unload=False)
+    assert all(layer.merged for layer in layers.values())
+    assert all((layer.base.weight - base_weights[name]).abs().max() > 1e-3 for name, layer in layers.items())
+    torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=0)
+    unmerge_adapters(model)
+    for name, layer in layers.items():
+        torch.testing.assert_close(layer.base.weight, base_weights[name], atol=1e-6, rtol=0)
+    torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=0)
+
+
+def test_dora_unmerge_needs_the_norm_from_merge_time():
+    # Every row of the merged weight m * V / ||V|| has norm m, whatever ||V|| was: W0 cannot be
+    # recovered from W' and m alone, which is why merge() keeps ||V||.
+    layer = nontrivial(DoRALinear(nn.Linear(20, 7), RANK, ALPHA))
+    base_weight = layer.base.weight.detach().clone()
+    layer.merge()
+    torch.testing.assert_close(layer.base.weight.norm(dim=1), layer.magnitude, atol=1e-6, rtol=0)
+    assert not torch.allclose(layer.merge_norm, layer.magnitude)
+    layer.unmerge()
+    assert layer.merge_norm is None
+    torch.testing.assert_close(layer.base.weight, base_weight, atol=1e-6, rtol=0)
+
+
+def test_merging_twice_or_unmerging_unmerged_is_refused():
+    layer = LoRALinear(nn.Linear(20, 7), RANK, ALPHA)
+    with pytest.raises(RuntimeError, match="not merged"):
+        layer.unmerge()
+    layer.merge()
+    with pytest.raises(RuntimeError, match="already merged"):
+        layer.merge()
+
+
+@pytest.mark.parametrize("targets", TOWER_PATTERNS)
+def test_targets_follow_peft_target_modules_rules(targets):
+    assert find_targets(Tower(), targets) == TOWER_TARGETS
+    model = add_adapters(Tower(), "dora", RANK, ALPHA, targets=targets)
+    assert list(adapter_layers(model)) == TOWER_TARGETS
+    assert type(model.blocks[0].up) is nn.Linear and type(model.blocks[1].gate) is nn.Linear
+    assert not any(p.requires_grad for p in model.blocks[0].parameters())
+
+
+def test_default_targets_are_every_linear_layer():
+    assert find_targets(MLP()) == ["layers.0", "layers.2", "layers.4"]
+    assert len(find_targets(Tower())) == 2 + 3 * 2
+
+
+@pytest.mark.parametrize("targets,message", [
+    (r"blocks\.\d+", "not nn.Linear: blocks.0 (Block), blocks.1 (Block)"),
+    (["norm"], "not nn.Linear: blocks.0.norm (LayerNorm)"),
+    (r"up", "match no module"),  # a pattern must match the whole name, as in PEFT
+    (["lm_head"], "match no module"),
+])
+def test_targets_that_are_not_linear_layers_are_refused(targets, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        add_adapters(Tower(), "lora", RANK, ALPHA, targets=targets)

@@ -135,6 +135,7 @@ def test_a_truncated_download_is_named(tmp_path, mnist_root, capsys):
 def test_results_files_are_replaced_whole(tmp_path, monkeypatch):
     path = tmp_path / "summary.json"
     write_json(path, {"done": 1})
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by others, as a results file should be
 
     def crash(*args):
         raise OSError("disk full")

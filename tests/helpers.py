@@ -1,0 +1,56 @@
+"""Models and adapter states shared by the adapter, parity and checkpoint tests."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from loradora.adapters import DoRALinear, LoRALinear
+
+RANK, ALPHA = 3, 7.0  # alpha != rank, so every scaling convention gives s != 1
+
+
+def nontrivial(module: nn.Module) -> nn.Module:
+    """Give every adapter B != 0 and (for DoRA) a magnitude away from its init, as after training."""
+    for layer in module.modules():
+        if isinstance(layer, LoRALinear):
+            nn.init.normal_(layer.lora_B, std=0.1)
+        if isinstance(layer, DoRALinear):
+            with torch.no_grad():
+                layer.magnitude.mul_(1 + 0.1 * torch.randn_like(layer.magnitude))
+    return module
+
+
+class Block(nn.Module):
+    """A residual block whose projections are not square and have no bias."""
+
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.up = nn.Linear(width, hidden, bias=False)
+        self.down = nn.Linear(hidden, width, bias=False)
+        self.gate = nn.Linear(width, width)
+
+    def forward(self, x):
+        return x + self.down(F.gelu(self.up(self.norm(x)))) * torch.sigmoid(self.gate(x))
+
+
+class Tower(nn.Module):
+    """Not our MLP: linear layers nested two deep, with and without bias, of several shapes."""
+
+    def __init__(self, n_in: int = 12, width: int = 16, hidden: int = 24, n_out: int = 5):
+        super().__init__()
+        self.embed = nn.Linear(n_in, width)
+        self.blocks = nn.ModuleList([Block(width, hidden) for _ in range(2)])
+        self.head = nn.Linear(width, n_out, bias=False)
+
+    def forward(self, x):
+        x = self.embed(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+# The same five layers of a Tower, chosen by a regular expression and by PEFT-style name suffixes:
+# the second block's projections, the embedding (with bias) and the head (without).
+TOWER_TARGETS = ["embed", "blocks.1.up", "blocks.1.down", "head"]
+TOWER_PATTERNS = [r"embed|blocks\.1\.(up|down)|head", ["embed", "1.up", "1.down", "head"]]

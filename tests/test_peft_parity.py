@@ -1,0 +1,94 @@
+"""Our LoRA and DoRA layers against Hugging Face PEFT's, with the same weights: outputs and gradients.
+
+PEFT is the oracle (requirements-dev.txt): its LoraConfig(use_dora=...) with the same rank, alpha
+and scaling, and our A, B and m copied into its lora_A, lora_B and lora_magnitude_vector.
+"""
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from peft.tuners.lora import LoraLayer
+from torch import nn
+
+from helpers import ALPHA, RANK, TOWER_PATTERNS, TOWER_TARGETS, Tower, nontrivial
+from loradora.adapters import adapter_layers, add_adapters, merge_adapters
+from loradora.model import MLP
+
+MLP_LINEARS = ["layers.0", "layers.2", "layers.4"]
+
+
+def twins(base: nn.Module, method: str, scaling: str, targets, peft_targets):
+    """Our adapted copy of ``base`` (B != 0, m moved) and PEFT's, holding the same adapter values."""
+    ours = nontrivial(add_adapters(copy.deepcopy(base), method, RANK, ALPHA, targets=targets, scaling=scaling))
+    config = LoraConfig(r=RANK, lora_alpha=ALPHA, use_rslora=scaling == "rslora", use_dora=method == "dora",
+                        lora_dropout=0.0, target_modules=peft_targets)
+    theirs = get_peft_model(copy.deepcopy(base), config)
+    inner = theirs.base_model.model
+    assert {name for name, m in inner.named_modules() if isinstance(m, LoraLayer)} == set(adapter_layers(ours))
+    with torch.no_grad():
+        for name, layer in adapter_layers(ours).items():
+            peft_layer = inner.get_submodule(name)
+            peft_layer.lora_A["default"].weight.copy_(layer.lora_A)
+            peft_layer.lora_B["default"].weight.copy_(layer.lora_B)
+            if method == "dora":
+                peft_layer.lora_magnitude_vector["default"].weight.copy_(layer.magnitude)
+    return ours, theirs
+
+
+def adapter_gradients(ours: nn.Module, theirs: nn.Module, method: str) -> list[tuple]:
+    """(name, our gradient, PEFT's gradient) for every adapter tensor."""
+    pairs = []
+    for name, layer in adapter_layers(ours).items():
+        peft_layer = theirs.base_model.model.get_submodule(name)
+        pairs += [(f"{name}.lora_A", layer.lora_A.grad, peft_layer.lora_A["default"].weight.grad),
+                  (f"{name}.lora_B", layer.lora_B.grad, peft_layer.lora_B["default"].weight.grad)]
+        if method == "dora":
+            pairs.append((f"{name}.magnitude", layer.magnitude.grad,
+                          peft_layer.lora_magnitude_vector["default"].weight.grad))
+    return pairs
+
+
+def assert_same_outputs_and_gradients(ours, theirs, method, x):
+    """Outputs, adapter gradients and input gradients agree in fp32 within 1e-5."""
+    x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ours, out_theirs = ours(x_ours), theirs(x_theirs)
+    torch.testing.assert_close(out_ours, out_theirs, atol=1e-5, rtol=0)
+    weights = torch.randn_like(out_ours)  # a loss whose gradient reaches every output
+    (out_ours * weights).sum().backward()
+    (out_theirs * weights).sum().backward()
+    for name, grad_ours, grad_theirs in adapter_gradients(ours, theirs, method):
+        assert grad_ours.abs().max() > 0, f"{name} got no gradient"
+        torch.testing.assert_close(grad_ours, grad_theirs, atol=1e-5, rtol=0, msg=f"gradient of {name}")
+    torch.testing.assert_close(x_ours.grad, x_theirs.grad, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+@pytest.mark.parametrize("scaling", ["standard", "rslora"])
+def test_mlp_matches_peft(method, scaling):
+    base = MLP()
+    ours, theirs = twins(base, method, scaling, targets=None, peft_targets=MLP_LINEARS)
+    x = torch.rand(64, 784)
+    assert (ours(x) - base(x)).abs().max() > 1e-2  # the adapters change the model
+    assert_same_outputs_and_gradients(ours, theirs, method, x)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+@pytest.mark.parametrize("scaling", ["standard", "rslora"])
+@pytest.mark.parametrize("targets", TOWER_PATTERNS, ids=["regex", "names"])
+def test_nested_model_matches_peft(method, scaling, targets):
+    # Nested blocks, layers with and without bias, non-square layers, a subset chosen by name:
+    # the same pattern given to both libraries must select the same layers.
+    ours, theirs = twins(Tower(), method, scaling, targets=targets, peft_targets=targets)
+    assert list(adapter_layers(ours)) == TOWER_TARGETS
+    assert_same_outputs_and_gradients(ours, theirs, method, torch.randn(32, 12))
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_merged_weights_match_peft_merge_and_unload(method):
+    ours, theirs = twins(Tower(), method, "standard", targets=TOWER_TARGETS, peft_targets=TOWER_TARGETS)
+    merged_ours, merged_theirs = merge_adapters(ours).state_dict(), theirs.merge_and_unload().state_dict()
+    assert merged_ours.keys() == merged_theirs.keys()
+    for key in merged_ours:
+        torch.testing.assert_close(merged_ours[key], merged_theirs[key], atol=1e-6, rtol=0, msg=key)
