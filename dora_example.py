@@ -11,19 +11,24 @@ go to results/<run_name>/ (config.yaml, metrics.jsonl, summary.json).
 """
 
 import argparse
-import copy
-import dataclasses
 import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from loradora.adapters import add_adapters, count_trainable_parameters, lora_scaling
+from loradora.adapters import count_trainable_parameters
+from loradora.analysis import DecompositionTracker
+from loradora.cache import cache_path, load_pretrained, save_pretrained
 from loradora.config import Config, ConfigError, load_config, resolve_device, to_dict, to_yaml
 from loradora.data import DataUnavailable, Split, load_mnist
+from loradora.experiment import aggregate, decomposition_result, finetune_variants
+from loradora.methods import prepare
 from loradora.model import MLP
-from loradora.results import MetricsLog, create_run_dir, environment, format_table, write_atomic, write_json
+from loradora.plots import write_plots
+from loradora.report import format_report
+from loradora.results import MetricsLog, create_run_dir, environment, write_atomic, write_json
+from loradora.tasks import shift_split, task_label
 from loradora.training import evaluate, train
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
@@ -51,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     write_json(run_dir / "summary.json", summary)
-    print("\n" + format_table(summary["methods"]))
+    print("\n" + format_report(summary))
+    for plot in write_plots(run_dir):
+        print(f"plot: {plot}")
     print(f"\nresults: {run_dir}/")
     return 0
 
@@ -69,39 +76,99 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(config: Config, device: torch.device, record=lambda r: None) -> dict:
-    """The whole experiment; returns the summary. ``record`` receives every metrics record."""
+    """The whole experiment, once per seed; returns the summary. ``record`` receives every metrics record."""
+    mnist, task = load_data(config, device)
+    seeds = config.experiment.seeds or [config.seed]
+    runs = []
+    for i, seed in enumerate(seeds, 1):
+        if len(seeds) > 1:
+            print(f"\n==== seed {seed} ({i} of {len(seeds)})")
+        runs.append(run_once(config, seed, mnist, task, device, lambda r, seed=seed: record({"seed": seed, **r})))
+    return {**aggregate(runs), "config": to_dict(config), "env": environment(device)}
+
+
+def load_data(config: Config, device: torch.device) -> tuple[tuple[Split, Split], tuple[Split, Split]]:
+    """(train, test) of MNIST for pretraining, and (train, test) of the fine-tuning task."""
     options = dict(root=config.data.root, device=device, download=config.data.download)
-    train_data = load_mnist(train=True, subset=config.data.train_subset, **options)
-    test_data = load_mnist(train=False, subset=config.data.test_subset, **options)
-    print(f"MNIST: {len(train_data):,} training and {len(test_data):,} test images, on {device}")
+    mnist = (load_mnist(train=True, subset=config.data.train_subset, **options),
+             load_mnist(train=False, subset=config.data.test_subset, **options))
+    print(f"MNIST: {len(mnist[0]):,} training and {len(mnist[1]):,} test images, on {device}")
+    settings = config.finetune
+    task = tuple(shift_split(split, settings.task, settings.rotate_degrees, settings.permutation_seed)
+                 for split in mnist)
+    if settings.task != "same":
+        print(f"fine-tuning task: {task_label(settings.task, settings.rotate_degrees, settings.permutation_seed)}"
+              f", training and test images alike")
+    return mnist, task
 
-    torch.manual_seed(config.seed)
+
+def run_once(config: Config, seed: int, mnist: tuple[Split, Split], task: tuple[Split, Split],
+             device: torch.device, record) -> dict:
+    """One seed: pretrain (or reuse) the base, then fine-tune every variant from it."""
+    torch.manual_seed(seed)
     model = MLP(config.model.hidden_sizes).to(device)
-    results = {"pretrained": fit(model, "pretrained", config.pretrain, train_data, test_data, config, record)}
+    results = {"pretrained": pretrain(model, config, seed, *mnist, device, record)}
+    if config.finetune.task != "same":  # where fine-tuning starts: the base on the shifted test set
+        results["no_finetune"] = {**score(model, "no_finetune", task[1], [], 0, 0, record), "trainable_params": 0}
 
-    for method in config.finetune.methods:
-        torch.manual_seed(config.seed)  # every method starts from the same adapter init
-        adapter = getattr(config, method)
-        tuned = add_adapters(copy.deepcopy(model), method, **dataclasses.asdict(adapter))
+    decomposition = {}
+    for variant in finetune_variants(config):
+        torch.manual_seed(seed)  # every method starts from the same adapter init
+        tuned = prepare(model, variant.method, **variant.adapter)
         frozen = {name: p.detach().clone() for name, p in tuned.named_parameters() if not p.requires_grad}
-        results[method] = fit(tuned, method, config.finetune, train_data, test_data, config, record)
-        results[method].update(rank=adapter.rank, alpha=adapter.alpha, scaling=adapter.scaling,
-                               s=lora_scaling(adapter.rank, adapter.alpha, adapter.scaling))
-        assert_unchanged(tuned, frozen, method)
+        tracker = DecompositionTracker(tuned) if config.analysis.every_n_batches else None
+        results[variant.name] = fit(tuned, variant.name, config.finetune, *task, seed, config, record, tracker)
+        results[variant.name].update(variant.describe())
+        assert_unchanged(tuned, frozen, variant.name)
+        if tracker is not None:
+            decomposition[variant.name] = decomposition_result(tracker)
+    return {"seed": seed, "methods": results, "decomposition": decomposition}
 
-    return {"methods": results, "config": to_dict(config), "env": environment(device)}
+
+def pretrain(model, config: Config, seed: int, train_data: Split, test_data: Split, device: torch.device,
+             record) -> dict:
+    """Pretrain ``model`` in place, or load the base an earlier run trained from the same inputs."""
+    path = cache_path(config, seed, device) if config.cache.enabled else None
+    cached = load_pretrained(path, model) if path is not None else None
+    if cached is None:
+        records = []
+        result = fit(model, "pretrained", config.pretrain, train_data, test_data, seed, config,
+                     lambda r: (records.append(r), record(r)))
+        if path is not None:
+            save_pretrained(path, model, [r for r in records if r["kind"] != "test"])
+        return result
+    print(f"\n== pretrained: reusing pretrained base from {path} (same data, model, pretrain settings, seed)")
+    for r in cached:
+        record({**r, "cached": True})  # its curve, for the plots; show() leaves them unprinted
+    epoch_records = [r for r in cached if r["kind"] == "epoch"]
+    result = score(model, "pretrained", test_data, epoch_records, config.pretrain.epochs, len(train_data), record)
+    return {**result, "cached": True}
 
 
-def fit(model, phase: str, settings, train_data: Split, test_data: Split, config: Config, record) -> dict:
-    """Train ``model`` on ``train_data`` with ``settings`` (epochs, batch size, lr), then test it."""
+def fit(model, phase: str, settings, train_data: Split, test_data: Split, seed: int, config: Config, record,
+        tracker: DecompositionTracker | None = None) -> dict:
+    """Train ``model`` on ``train_data`` with ``settings`` (epochs, batch size, lr), then test it.
+
+    ``tracker``, when given, records the weight decomposition every ``analysis.every_n_batches``
+    optimiser steps and after the last one.
+    """
     n_trainable = count_trainable_parameters(model)
     n_total = sum(p.numel() for p in model.parameters())
     epochs = f"{settings.epochs} epoch{'' if settings.epochs == 1 else 's'}"
     print(f"\n== {phase}: {epochs}, {n_trainable:,} of {n_total:,} parameters trainable")
-    generator = torch.Generator().manual_seed(config.seed)  # every phase sees the same batch order
+    generator = torch.Generator().manual_seed(seed)  # every phase sees the same batch order
     epoch_records = train(model, train_data, epochs=settings.epochs, batch_size=settings.batch_size,
                    lr=settings.lr, generator=generator, log_every=config.log.every_n_batches,
-                   log=lambda r: record({"phase": phase, **r}))
+                   log=lambda r: record({"phase": phase, **r}),
+                   checkpoint=tracker, checkpoint_every=config.analysis.every_n_batches)
+    if tracker is not None:
+        tracker(sum(len(r["batch_losses"]) for r in epoch_records))
+    return score(model, phase, test_data, epoch_records, settings.epochs, len(train_data), record)
+
+
+def score(model, phase: str, test_data: Split, epoch_records: list[dict], epochs: int, n_train: int,
+         record) -> dict:
+    """Accuracy on the whole of ``test_data``, with what training cost."""
     accuracy = evaluate(model, test_data)
     record({"phase": phase, "kind": "test", "test_accuracy": accuracy.percent, "n_test": accuracy.total})
     return {
@@ -109,10 +176,10 @@ def fit(model, phase: str, settings, train_data: Split, test_data: Split, config
         "test_correct": accuracy.correct,
         "n_test": accuracy.total,
         "train_accuracy": epoch_records[-1]["train_accuracy"] if epoch_records else None,
-        "n_train": len(train_data),
-        "trainable_params": n_trainable,
+        "n_train": n_train,
+        "trainable_params": count_trainable_parameters(model),
         "train_seconds": sum(record["seconds"] for record in epoch_records),
-        "epochs": settings.epochs,
+        "epochs": epochs,
     }
 
 
@@ -124,7 +191,10 @@ def assert_unchanged(model: torch.nn.Module, frozen: dict, phase: str) -> None:
 
 
 def show(record: dict) -> None:
-    """Print a metrics record; batch lines keep the seeds' format."""
+    """Print a metrics record; batch lines keep the seeds' format. Records replayed from the
+    pretrained cache are not printed again."""
+    if record.get("cached"):
+        return
     kind, phase = record["kind"], record["phase"]
     if kind == "batch":
         line = (f"Epoch: {record['epoch']:03d}/{record['epochs']:03d} | "

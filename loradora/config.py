@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from loradora.adapters import ADAPTERS, SCALINGS
+from loradora.adapters import SCALINGS
+from loradora.methods import METHODS
+from loradora.tasks import TASKS
 
 
 class ConfigError(ValueError):
@@ -48,6 +50,9 @@ class PretrainConfig:
 class FinetuneConfig(PretrainConfig):
     epochs: int = 2
     methods: list[str] = field(default_factory=lambda: ["lora", "dora"])
+    task: str = "same"
+    rotate_degrees: float = 45.0
+    permutation_seed: int = 0
 
 
 @dataclass
@@ -60,6 +65,23 @@ class LoRAConfig:
 @dataclass
 class DoRAConfig(LoRAConfig):
     detach_norm: bool = True
+
+
+@dataclass
+class ExperimentConfig:
+    seeds: list[int] | None = None
+    ranks: list[int] | None = None
+
+
+@dataclass
+class AnalysisConfig:
+    every_n_batches: int | None = 100
+
+
+@dataclass
+class CacheConfig:
+    enabled: bool = True
+    dir: str | None = None
 
 
 @dataclass
@@ -83,6 +105,9 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     dora: DoRAConfig = field(default_factory=DoRAConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     log: LogConfig = field(default_factory=LogConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
@@ -152,6 +177,7 @@ def coerce(value, hint, key: str):
         if value is None or value in ("null", "~", "None"):
             return None
         (hint,) = [arg for arg in args if arg is not type(None)]
+        args = typing.get_args(hint)  # list[int] | None: the items' type is list[int]'s, not the union's
     if isinstance(value, str) and hint is not str:
         value = yaml.safe_load(value) if value.strip() else value
     origin = typing.get_origin(hint)
@@ -202,11 +228,29 @@ def validate(config: Config) -> None:
             (f"{method}.alpha", math.isfinite(adapter.alpha) and adapter.alpha > 0, "a finite number > 0"),
             (f"{method}.scaling", adapter.scaling in SCALINGS, f"one of {', '.join(SCALINGS)}"),
         ]
-    unknown_methods = [m for m in config.finetune.methods if m not in ADAPTERS]
-    checks.append(("finetune.methods", not unknown_methods, f"a list drawn from {', '.join(ADAPTERS)}"))
+    unknown_methods = [m for m in config.finetune.methods if m not in METHODS]
+    checks.append(("finetune.methods", not unknown_methods, f"a list drawn from {', '.join(METHODS)}"))
+    checks += experiment_checks(config)
     for key, ok, allowed in checks:
         if not ok:
             raise ConfigError(f"{key}: got {lookup(config, key)!r}, allowed: {allowed}")
+
+
+def experiment_checks(config: Config) -> list[tuple[str, bool, str]]:
+    """The keys of the seeds, rank-sweep, task, analysis and cache settings (issue 4)."""
+    seeds, ranks = config.experiment.seeds, config.experiment.ranks
+    methods, every = config.finetune.methods, config.analysis.every_n_batches
+    return [
+        ("finetune.methods", len(set(methods)) == len(methods), "each method at most once"),
+        ("finetune.task", config.finetune.task in TASKS, f"one of {', '.join(TASKS)}"),
+        ("finetune.rotate_degrees", math.isfinite(config.finetune.rotate_degrees), "a finite number"),
+        ("experiment.seeds", seeds is None or (len(seeds) >= 1 and len(set(seeds)) == len(seeds)),
+         "null or a non-empty list of distinct integers"),
+        ("experiment.ranks", ranks is None or (len(ranks) >= 1 and len(set(ranks)) == len(ranks)
+                                               and min(ranks) >= 1),
+         "null or a non-empty list of distinct integers >= 1"),
+        ("analysis.every_n_batches", every is None or every >= 1, "null or an integer >= 1"),
+    ]
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,0 +1,61 @@
+"""A cache of pretrained bases, so a change to fine-tuning settings does not retrain the base.
+
+The key is a hash of everything that decides the pretrained weights and nothing else: the training
+images used (``data.train_subset``), the model, the pretraining settings, the seed, and, because
+they change the floating-point result, the device type and torch version. A hit therefore gives
+bit-identical weights to retraining (a test checks it), so a run's results never depend on whether
+the cache was warm. Fine-tuning, adapter, task, test-set and output settings are not in the key.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from loradora.config import Config
+
+CACHE_FORMAT = 1  # bump when what a cache file holds, or how the base is trained, changes
+
+
+def pretrain_key(config: Config, seed: int, device: torch.device) -> str:
+    inputs = {
+        "format": CACHE_FORMAT,
+        "train_subset": config.data.train_subset,
+        "hidden_sizes": config.model.hidden_sizes,
+        "pretrain": {"epochs": config.pretrain.epochs, "batch_size": config.pretrain.batch_size,
+                     "lr": config.pretrain.lr},
+        "seed": seed,
+        "device_type": device.type,
+        "torch": torch.__version__,
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_dir(config: Config) -> Path:
+    """``cache.dir``, or ``<output.dir>/.pretrained_cache`` when it is null."""
+    return Path(config.cache.dir) if config.cache.dir is not None else Path(config.output.dir) / ".pretrained_cache"
+
+
+def cache_path(config: Config, seed: int, device: torch.device) -> Path:
+    return cache_dir(config) / f"{pretrain_key(config, seed, device)}.pt"
+
+
+def save_pretrained(path: Path, model: nn.Module, records: list[dict]) -> None:
+    """The weights and the pretraining's metrics records, written atomically (temporary file, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        torch.save({"state_dict": model.state_dict(), "records": records}, tmp)
+    os.replace(tmp.name, path)
+
+
+def load_pretrained(path: Path, model: nn.Module) -> list[dict] | None:
+    """Load the cached weights into ``model`` and return the pretraining's records; None on a miss."""
+    if not path.exists():
+        return None
+    cached = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
+    model.load_state_dict(cached["state_dict"])
+    return cached["records"]
