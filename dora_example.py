@@ -3,11 +3,15 @@
     python dora_example.py                                   # configs/default.yaml
     python dora_example.py --config configs/smoke.yaml       # seconds, on a data subset
     python dora_example.py lora.rank=8 dora.alpha=16         # any key, as key.sub=value
+    python dora_example.py --config configs/seeds.yaml       # 5 seeds: does DoRA beat LoRA?
 
-The pipeline: load MNIST onto the device; pretrain the MLP with every weight trainable; then for
-each fine-tuning method, deep-copy the pretrained model, freeze it, wrap its linear layers in that
-method's adapters, fine-tune only the adapters, and measure accuracy on the whole test set. Results
-go to results/<run_name>/ (config.yaml, metrics.jsonl, summary.json).
+The pipeline: load MNIST onto the device (and shift it, when finetune.task asks for it); for each
+seed, pretrain the MLP with every weight trainable, or reuse the base an earlier run pretrained
+from the same inputs; then for each fine-tuning method (lora, dora, and the baselines full and
+head), at each rank of a sweep, copy the pretrained model, make trainable what the method trains,
+fine-tune it while recording how its weights move (DoRA sec. 2.2), and measure accuracy on the
+whole test set. Finally aggregate the seeds (mean +- std, DoRA - LoRA with a 95% interval) and draw
+the plots. Results go to results/<run_name>/ (config.yaml, metrics.jsonl, summary.json, *.png).
 """
 
 import argparse
@@ -109,7 +113,8 @@ def run_once(config: Config, seed: int, mnist: tuple[Split, Split], task: tuple[
     model = MLP(config.model.hidden_sizes).to(device)
     results = {"pretrained": pretrain(model, config, seed, *mnist, device, record)}
     if config.finetune.task != "same":  # where fine-tuning starts: the base on the shifted test set
-        results["no_finetune"] = {**score(model, "no_finetune", task[1], [], 0, 0, record), "trainable_params": 0}
+        untuned = score(model, "no_finetune", task[1], [], epochs=0, n_train=0, record=record)
+        results["no_finetune"] = {**untuned, "trainable_params": 0}
 
     decomposition = {}
     for variant in finetune_variants(config):

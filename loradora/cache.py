@@ -2,9 +2,11 @@
 
 The key is a hash of everything that decides the pretrained weights and nothing else: the training
 images used (``data.train_subset``), the model, the pretraining settings, the seed, and, because
-they change the floating-point result, the device type and torch version. A hit therefore gives
-bit-identical weights to retraining (a test checks it), so a run's results never depend on whether
-the cache was warm. Fine-tuning, adapter, task, test-set and output settings are not in the key.
+they change the floating-point result, where it runs: torch version, device (the GPU's name, or
+the CPU's name and torch's thread count: 1 and 2 threads sum in different orders, measured). A hit
+therefore gives bit-identical weights to retraining (a test checks it), so a run's results never
+depend on whether the cache was warm. Fine-tuning, adapter, task, test-set and output settings are
+not in the key.
 """
 
 import hashlib
@@ -17,8 +19,9 @@ import torch
 from torch import nn
 
 from loradora.config import Config
+from loradora.results import cpu_name
 
-CACHE_FORMAT = 1  # bump when what a cache file holds, or how the base is trained, changes
+CACHE_FORMAT = 1  # bump when what a cache file holds, or how a base is trained, changes
 
 
 def pretrain_key(config: Config, seed: int, device: torch.device) -> str:
@@ -29,10 +32,16 @@ def pretrain_key(config: Config, seed: int, device: torch.device) -> str:
         "pretrain": {"epochs": config.pretrain.epochs, "batch_size": config.pretrain.batch_size,
                      "lr": config.pretrain.lr},
         "seed": seed,
-        "device_type": device.type,
-        "torch": torch.__version__,
+        "numerics": numerics(device),
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def numerics(device: torch.device) -> dict:
+    """What, besides the inputs, decides the bits of a trained model on ``device``."""
+    if device.type == "cuda":
+        return {"torch": torch.__version__, "device": torch.cuda.get_device_name(device)}
+    return {"torch": torch.__version__, "device": cpu_name(), "threads": torch.get_num_threads()}
 
 
 def cache_dir(config: Config) -> Path:

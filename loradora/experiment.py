@@ -95,9 +95,11 @@ def compare_adapters(runs: list[dict]) -> dict:
     for dora, lora in adapter_pairs(list(runs[0]["methods"])):
         difference = paired_difference([run["methods"][dora]["test_accuracy"] for run in runs],
                                        [run["methods"][lora]["test_accuracy"] for run in runs])
+        ranks = {"dora": runs[0]["methods"][dora]["rank"], "lora": runs[0]["methods"][lora]["rank"]}
         comparisons[f"{dora} - {lora}"] = {
-            **difference.to_dict(), "unit": "accuracy points",
-            "verdict": verdict(difference, "DoRA", "LoRA"),
+            **difference.to_dict(), "unit": "accuracy points", "ranks": ranks,
+            "verdict": verdict(difference, f"DoRA (rank {ranks['dora']})", f"LoRA (rank {ranks['lora']})")
+            if ranks["dora"] != ranks["lora"] else verdict(difference, "DoRA", "LoRA"),
         }
     return comparisons
 
@@ -111,8 +113,20 @@ def pool_decomposition(runs: list[dict]) -> dict:
         if line is None:
             continue
         pooled[name] = {**dataclasses.asdict(line), "n_seeds": len(runs),
-                        "per_seed_slopes": [run["decomposition"][name]["slope"] for run in runs]}
+                        "per_seed_slopes": [run["decomposition"][name]["slope"] for run in runs],
+                        "per_layer": per_layer_lines([point for points in per_seed for point in points])}
     return pooled
+
+
+def per_layer_lines(points: list[DecompositionPoint]) -> dict:
+    """The line within each layer: pooling layers mixes their scales, so the slope over all points
+    can differ from every layer's own (Simpson's paradox); both are reported."""
+    lines = {}
+    for layer in dict.fromkeys(point.layer for point in points):
+        line = fit_decomposition([point for point in points if point.layer == layer])
+        if line is not None:
+            lines[layer] = {"slope": line.slope, "correlation": line.correlation, "n": line.n}
+    return lines
 
 
 def decomposition_result(tracker: DecompositionTracker) -> dict:

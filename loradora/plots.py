@@ -19,6 +19,9 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 LAYER_MARKERS = "osD^v<>p"
+REFERENCE_LABELS = {"full": "full (every weight)", "head": "head (last layer)",
+                    "no_finetune": "no_finetune (base, not tuned)", "pretrained": "pretrained (base)"}
+LINE_STYLES = ("-", (0, (5, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2)))
 
 
 def write_plots(run_dir: Path) -> list[Path]:
@@ -85,33 +88,39 @@ def loss_panels(summary: dict, phases: list[str]) -> dict[str, list[str]]:
 def draw_loss_curves(curves: dict, summary: dict) -> Figure:
     panels = loss_panels(summary, list(curves))
     n_seeds = len(summary["seeds"])
-    figure = Figure(figsize=(5.5 * len(panels), 4.5), layout="constrained")
-    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    n_cols = len(panels) if len(panels) <= 2 else 2
+    n_rows = -(-len(panels) // n_cols)
+    figure = Figure(figsize=(6.5 * n_cols, 4.6 * n_rows + 0.4), layout="constrained")
+    axes = list(figure.subplots(n_rows, n_cols, squeeze=False).flat)
+    for unused in axes[len(panels):]:
+        unused.set_visible(False)
     for ax, (title, phases) in zip(axes, panels.items()):
-        colors = color_cycle(len(phases))
-        for phase, color in zip(phases, colors):
+        by_rank = title.endswith("by rank")
+        colors = sequential_colors(len(phases)) if by_rank else [f"C{k}" for k in range(len(phases))]
+        for k, (phase, color) in enumerate(zip(phases, colors)):
             mean = mean_over_seeds(curves[phase])
-            window = max(1, len(mean) // 40)
             steps = range(1, len(mean) + 1)
-            ax.plot(steps, mean, color=color, alpha=0.2, linewidth=0.6)
-            ax.plot(steps, moving_average(mean, window), color=color, linewidth=1.8, label=phase)
+            if len(phases) <= 4:  # more faint lines than that blur into one band
+                ax.plot(steps, mean, color=color, alpha=0.12, linewidth=0.5)
+            # Dash patterns keep a curve visible where it runs on top of another; a rank sweep's
+            # curves are told apart by their colour, dark (low rank) to light (high rank).
+            ax.plot(steps, moving_average(mean, max(1, len(mean) // 40)), color=color, linewidth=1.6,
+                    label=phase, linestyle="-" if by_rank else LINE_STYLES[k % len(LINE_STYLES)])
         ax.set_yscale("log")
         ax.set_title(title)
         ax.set_xlabel("optimiser step (batch of the training run)")
         ax.set_ylabel("training-batch cross-entropy loss (log scale)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize="small", ncols=2 if len(phases) > 8 else 1)
+        ax.legend(fontsize="small", ncols=2 if len(phases) > 4 else 1)
     seeds = f"mean over {n_seeds} seeds" if n_seeds > 1 else f"seed {summary['seeds'][0]}"
-    figure.suptitle(f"Per-batch training loss ({seeds}); faint: every batch, bold: trailing mean over "
-                    f"1/40 of the run")
+    figure.suptitle(f"Per-batch training loss ({seeds}); bold: trailing mean over 1/40 of the run"
+                    f"{', faint: every batch' if any(len(p) <= 4 for p in panels.values()) else ''}")
     return figure
 
 
-def color_cycle(n: int) -> list:
-    """Distinct colours: the default cycle for a few lines, a sequential map for many (ranks)."""
-    if n <= 10:
-        return [f"C{i}" for i in range(n)]
-    return [colormaps["viridis"](i / (n - 1)) for i in range(n)]
+def sequential_colors(n: int) -> list:
+    """Colours for ordered lines (ranks): dark to light along viridis, stopping short of pale yellow."""
+    return [colormaps["viridis"](0.85 * i / max(1, n - 1)) for i in range(n)]
 
 
 def draw_accuracy_vs_rank(summary: dict) -> Figure:
@@ -135,7 +144,7 @@ def draw_accuracy_vs_rank(summary: dict) -> Figure:
         if name not in methods or (name == "pretrained" and "no_finetune" in methods):
             continue  # the pretrained base on a shifted task is no_finetune; on MNIST it is pretrained
         result, color = methods[name], f"C{j + 2}"
-        ax.axhline(result["test_accuracy"], color=color, linestyle="--", label=f"{name} (any rank)")
+        ax.axhline(result["test_accuracy"], color=color, linestyle="--", label=REFERENCE_LABELS[name])
         std = result.get("test_accuracy_std")
         if std:
             ax.axhspan(result["test_accuracy"] - std, result["test_accuracy"] + std, color=color, alpha=0.12)
@@ -187,7 +196,7 @@ def draw_dm_dd(summary: dict) -> Figure:
         xs = [min(p["dD"] for p in points), max(p["dD"] for p in points)]
         r = "undefined" if line["correlation"] is None else f"{line['correlation']:+.2f}"
         ax.plot(xs, [line["slope"] * x + line["intercept"] for x in xs], color="black", linewidth=1.2,
-                label=f"fit: slope {line['slope']:+.3f}, r {r}")
+                label=f"least squares, all points: slope {line['slope']:+.3f}, r {r}")
         ax.set_title(f"{name}: {len(points)} points")
         ax.set_xlabel("ΔD: mean (1 − cos) of rows vs. W0 (direction)")
         ax.set_ylabel("ΔM: mean |Δ row norm| vs. W0 (magnitude)")

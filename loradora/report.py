@@ -12,13 +12,16 @@ def format_report(summary: dict) -> str:
     parts = [format_table(summary["methods"]) if len(seeds) == 1 else format_seed_table(summary["methods"], seeds)]
     parts.append(test_set_note(summary["config"]["finetune"]))
     parts.append(cache_note(summary["runs"]))
-    if summary["comparisons"]:
-        parts.append(format_comparisons(summary["comparisons"]))
+    comparisons = summary["comparisons"]
+    if summary["config"]["experiment"]["ranks"]:
+        parts.append(format_rank_table(summary))  # with DoRA - LoRA and its interval at each rank
+        if comparisons:
+            parts.append(arrow(several_intervals(comparisons)))
+    elif comparisons:
+        parts.append(format_comparisons(comparisons))
     elif {"lora", "dora"} <= {m.get("method") for m in summary["methods"].values()}:
         parts.append("One seed: no confidence interval. Set experiment.seeds (configs/seeds.yaml) to ask "
                      "whether DoRA beats LoRA.")
-    if summary["config"]["experiment"]["ranks"]:
-        parts.append(format_rank_table(summary))
     if summary["decomposition"]:
         parts.append(format_decomposition(summary["decomposition"]))
     return "\n\n".join(part for part in parts if part)
@@ -73,10 +76,29 @@ def format_comparisons(comparisons: dict) -> str:
     lines = ["Paired by seed (same base, batch order and adapter init), 95% t interval:"]
     for name, c in comparisons.items():
         low, high = c["ci95"]
-        lines.append(f"  {name}: {c['mean']:+.2f} points (std {c['std']:.2f}, t({c['df']}) = {c['t_critical']:.3f}, "
-                     f"95% CI [{low:+.2f}, {high:+.2f}])")
-        lines.append(f"    {c['verdict']}")
+        ranks = "" if c["ranks"]["dora"] == c["ranks"]["lora"] else \
+            f" [ranks {c['ranks']['dora']} and {c['ranks']['lora']}: not a like-for-like pair]"
+        lines.append(f"  {name}{ranks}: {c['mean']:+.2f} points, 95% CI [{low:+.2f}, {high:+.2f}] "
+                     f"(std {c['std']:.2f}, t({c['df']}) = {c['t_critical']:.3f})")
+        lines.append(arrow(c["verdict"]))
     return "\n".join(lines)
+
+
+def arrow(sentence: str) -> str:
+    return textwrap.fill(sentence, width=100, initial_indent="  -> ", subsequent_indent="     ")
+
+
+def several_intervals(comparisons: dict) -> str:
+    """One sentence for a sweep's intervals, with the chance that some exclude zero by luck alone."""
+    excluding = [name for name, c in comparisons.items() if c["excludes_zero"]]
+    n, n_seeds = len(comparisons), next(iter(comparisons.values()))["n"]
+    by_chance = 1 - 0.95**n  # if DoRA and LoRA were equal at every rank and the intervals independent
+    if not excluding:
+        return (f"none of the {n} intervals excludes zero: at no rank can {n_seeds} seeds tell DoRA "
+                f"from LoRA.")
+    return (f"{len(excluding)} of {n} intervals exclude zero ({', '.join(excluding)}); with {n} intervals, "
+            f"at least one would exclude zero by chance alone {100 * by_chance:.0f}% of the time, so read "
+            f"a single one with care.")
 
 
 def format_rank_table(summary: dict) -> str:
@@ -86,7 +108,8 @@ def format_rank_table(summary: dict) -> str:
     for name, result in methods.items():
         if result.get("method") in ("lora", "dora"):
             by_rank.setdefault(result["rank"], {})[result["method"]] = (name, result)
-    header = ("rank", "lora params", "lora accuracy", "dora params", "dora accuracy", "dora - lora [95% CI]")
+    header = ("rank", "lora params", "lora accuracy", "dora params", "dora accuracy",
+              "dora - lora, paired [95% CI]")
     rows = [header]
     for rank in sorted(by_rank):
         cells = [str(rank)]
@@ -107,11 +130,16 @@ def accuracy_cell(result: dict) -> str:
 
 def format_decomposition(decomposition: dict) -> str:
     """The line of dM on dD per method (DoRA paper section 2.2, figure 2)."""
-    header = ("method", "points", "slope of dM on dD", "correlation r", "slope per seed")
+    header = ("method", "points", "slope of dM on dD", "r", "slope per seed", "r within each layer")
     rows = [header]
     for name, line in decomposition.items():
-        r = "-" if line["correlation"] is None else f"{line['correlation']:+.2f}"
-        per_seed = " ".join("-" if s is None else f"{s:+.2f}" for s in line["per_seed_slopes"])
-        rows.append((name, str(line["n"]), f"{line['slope']:+.3f}", r, per_seed))
+        per_seed = " ".join(signed(s) for s in line["per_seed_slopes"])
+        per_layer = " ".join(signed(layer["correlation"]) for layer in line["per_layer"].values())
+        rows.append((name, str(line["n"]), f"{line['slope']:+.3f}", signed(line["correlation"]), per_seed, per_layer))
     return ("Weight decomposition (DoRA paper sec. 2.2): dM = mean |change of row norm|, dD = mean "
-            "(1 - cos) of rows,\nagainst the pretrained weight, every layer at every checkpoint:\n" + align(rows))
+            "(1 - cos) of rows,\nagainst the pretrained weight; slope and r over every layer at every "
+            "checkpoint of every seed:\n" + align(rows))
+
+
+def signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}"

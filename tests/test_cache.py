@@ -27,6 +27,17 @@ def test_another_seed_misses():
     assert pretrain_key(load_config(), 2, CPU) != BASE_KEY
 
 
+def test_another_thread_count_misses():
+    # 1 and 2 threads sum in different orders: the weights would differ in their last bits.
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert pretrain_key(load_config(), 1, CPU) != BASE_KEY
+    finally:
+        torch.set_num_threads(threads)
+    assert pretrain_key(load_config(), 1, CPU) == BASE_KEY
+
+
 @pytest.mark.parametrize("override", [
     "lora.rank=8", "dora.alpha=16", "lora.scaling=rslora", "finetune.epochs=5", "finetune.lr=1e-3",
     "finetune.methods=[full]", "finetune.task=rotate", "experiment.ranks=[1, 2]", "data.test_subset=100",

@@ -14,7 +14,7 @@ from loradora.experiment import adapter_pairs, aggregate, finetune_variants
 
 def fake_run(seed: int, accuracies: dict) -> dict:
     methods = {name: {"test_accuracy": accuracy, "test_correct": 0, "n_test": 100, "train_accuracy": 0.0,
-                      "trainable_params": 10, "train_seconds": 1.0 + seed, "epochs": 1}
+                      "trainable_params": 10, "train_seconds": 1.0 + seed, "epochs": 1, "method": name, "rank": 4}
                for name, accuracy in accuracies.items()}
     return {"seed": seed, "methods": methods, "decomposition": {}}
 
@@ -40,6 +40,15 @@ def test_seeds_aggregate_to_mean_std_and_a_paired_difference():
     assert comparison["mean"] == pytest.approx(0.1) and comparison["df"] == 4
     assert comparison["ci95"] == pytest.approx([-0.1776, 0.3776])
     assert comparison["excludes_zero"] is False and "not distinguishable from zero" in comparison["verdict"]
+    assert comparison["ranks"] == {"dora": 4, "lora": 4}
+
+
+def test_a_pair_of_different_ranks_says_so():
+    runs = [fake_run(seed, {"lora": 97.0 + seed / 10, "dora": 97.0}) for seed in range(3)]
+    for run in runs:
+        run["methods"]["lora"]["rank"] = 8
+    comparison = aggregate(runs)["comparisons"]["dora - lora"]
+    assert comparison["ranks"] == {"dora": 4, "lora": 8} and "DoRA (rank 4)" in comparison["verdict"]
 
 
 def test_variants_of_a_rank_sweep():
@@ -100,7 +109,7 @@ def test_seeds_with_baselines_report_statistics_and_plots(tmp_path, mnist_root, 
     comparison = summary["comparisons"]["dora - lora"]
     assert comparison["differences"] == pytest.approx([d - l for d, l in zip(per_seed["dora"], per_seed["lora"])])
     assert "mean ± std over 3 seeds" in out and "dora - lora:" in out and "95% CI" in out
-    assert comparison["verdict"] in out
+    assert comparison["verdict"] in " ".join(out.split())  # printed wrapped
     # dM/dD for every fine-tuned layer: 8 batches, checkpoints at steps 4 and 8, for 3 seeds.
     assert set(summary["decomposition"]) == {"lora", "dora", "full", "head"}
     assert summary["decomposition"]["lora"]["n"] == 3 * 2 * 3 and summary["decomposition"]["head"]["n"] == 3 * 2
@@ -118,7 +127,7 @@ def test_rank_sweep_reports_every_rank(tmp_path, mnist_root, capsys):
     assert summary["methods"]["lora_r1"]["trainable_params"] == 1 * (912 + 384 + 266)
     assert summary["methods"]["dora_r2"]["trainable_params"] == 2 * (912 + 384 + 266) + 394
     assert list(summary["comparisons"]) == ["dora_r1 - lora_r1", "dora_r2 - lora_r2"]
-    assert "dora - lora [95% CI]" in out  # the rank table
+    assert "dora - lora, paired [95% CI]" in out and "intervals exclude" in out  # the rank table
     assert (run / "accuracy_vs_rank.png").exists() and (run / "loss_curves.png").exists()
     assert not (run / "dm_dd.png").exists() and summary["decomposition"] == {}  # analysis off
 
