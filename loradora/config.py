@@ -237,7 +237,7 @@ def validate(config: Config) -> None:
 
 
 def experiment_checks(config: Config) -> list[tuple[str, bool, str]]:
-    """The keys of the seeds, rank-sweep, task, analysis and cache settings (issue 4)."""
+    """Ranges of the keys that shape an experiment: methods, task, seeds, ranks, analysis."""
     seeds, ranks = config.experiment.seeds, config.experiment.ranks
     methods, every = config.finetune.methods, config.analysis.every_n_batches
     return [

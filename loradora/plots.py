@@ -32,8 +32,7 @@ def write_plots(run_dir: Path) -> list[Path]:
     written = []
     for name, draw, applies in [
         ("loss_curves.png", lambda: draw_loss_curves(curves, summary), bool(curves)),
-        ("accuracy_vs_rank.png", lambda: draw_accuracy_vs_rank(summary),
-         len(summary["config"]["experiment"]["ranks"] or []) >= 2),
+        ("accuracy_vs_rank.png", lambda: draw_accuracy_vs_rank(summary), is_rank_sweep(summary)),
         ("dm_dd.png", lambda: draw_dm_dd(summary), bool(summary["decomposition"])),
     ]:
         if applies:
@@ -41,6 +40,12 @@ def write_plots(run_dir: Path) -> list[Path]:
             figure.savefig(run_dir / name, dpi=120)
             written.append(run_dir / name)
     return written
+
+
+def is_rank_sweep(summary: dict) -> bool:
+    """At least two ranks of an adapter from experiment.ranks (not merely lora.rank != dora.rank)."""
+    swept = {entry["rank"] for entry in summary["methods"].values() if "rank" in entry}
+    return bool(summary["config"]["experiment"]["ranks"]) and len(swept) >= 2
 
 
 def loss_curves(metrics_path: Path) -> dict[str, list[list[float]]]:
