@@ -3,30 +3,38 @@
     python dora_example.py                                   # configs/default.yaml
     python dora_example.py --config configs/smoke.yaml       # seconds, on a data subset
     python dora_example.py lora.rank=8 dora.alpha=16         # any key, as key.sub=value
+    python dora_example.py --config configs/seeds.yaml       # 5 seeds: does DoRA beat LoRA?
 
-The pipeline: load MNIST onto the device; pretrain the MLP with every weight trainable; then for
-each fine-tuning method, deep-copy the pretrained model, freeze it, wrap its linear layers in that
-method's adapters, fine-tune only the adapters, and measure accuracy on the whole test set. Results
-go to results/<run_name>/ (config.yaml, metrics.jsonl, summary.json), with the pretrained model, each
-method's adapters, merged model and PEFT export (see loradora/artifacts.py).
+The pipeline: load MNIST onto the device (and shift it, when finetune.task asks for it); for each
+seed, pretrain the MLP with every weight trainable, or reuse the base an earlier run pretrained
+from the same inputs; then for each fine-tuning method (lora, dora, and the baselines full and
+head), at each rank of a sweep, copy the pretrained model, make trainable what the method trains,
+fine-tune it while recording how its weights move (DoRA section 3.2), and measure accuracy on the
+whole test set. Finally aggregate the seeds (mean +- std, DoRA - LoRA with a 95% interval) and draw
+the plots. Results go to results/<run_name>/ (config.yaml, metrics.jsonl, summary.json, *.png, and
+the first seed's models and adapters).
 """
 
 import argparse
-import copy
-import dataclasses
 import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from loradora.adapters import add_adapters, count_trainable_parameters, lora_scaling
+from loradora.adapters import ADAPTERS, count_trainable_parameters
+from loradora.analysis import DecompositionTracker
 from loradora.artifacts import format_artifacts, save_method, save_pretrained
+from loradora.cache import cache_path, load_pretrained, save_cached
 from loradora.config import Config, ConfigError, load_config, resolve_device, to_dict, to_yaml
 from loradora.data import DataUnavailable, Split, load_mnist
+from loradora.experiment import aggregate, decomposition_result, finetune_variants
+from loradora.methods import prepare
 from loradora.model import MLP
-from loradora.results import (MetricsLog, OutputUnavailable, create_run_dir, environment, format_table,
-                              write_atomic, write_json)
+from loradora.plots import write_plots
+from loradora.report import format_report
+from loradora.results import MetricsLog, OutputUnavailable, create_run_dir, environment, write_atomic, write_json
+from loradora.tasks import shift_split, task_label
 from loradora.training import Diverged, evaluate, train, use_deterministic_algorithms
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
@@ -64,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     save()
-    print("\n" + format_table(summary["methods"]))
-    print("\n" + format_artifacts(summary["methods"]))
+    print("\n" + format_report(summary))
+    if artifacts := format_artifacts(summary["runs"][0]["methods"]):  # the files are the first seed's
+        print("\n" + artifacts)
+    for plot in write_plots(run_dir):
+        print(f"plot: {plot}")
     print(f"\nresults: {run_dir}/")
     return 0 if summary["status"] == "complete" else 1
 
@@ -89,72 +100,143 @@ def new_summary(config: Config, device: torch.device) -> dict:
 
 def run(config: Config, device: torch.device, summary: dict, record=lambda r: None,
         checkpoint=lambda: None, run_dir: Path | None = None) -> dict:
-    """The whole experiment, filling ``summary["methods"]`` phase by phase.
+    """The whole experiment, once per seed, filling ``summary`` as it goes.
 
     ``record`` receives every metrics record; ``checkpoint`` is called after each phase, so an
-    interruption keeps what has finished. A method that diverges is recorded as such and the
-    others still run; a pretraining that diverges leaves nothing to fine-tune. With ``run_dir``
-    the models and adapters are saved there too (benchmarks leave it out).
+    interruption keeps what has finished. A method that diverges is recorded as such and the others
+    still run; a pretraining that diverges leaves nothing to fine-tune. With ``run_dir`` the first
+    seed's models and adapters are saved there too (benchmarks leave it out).
     """
-    options = dict(root=config.data.root, device=device, download=config.data.download)
-    train_data = load_mnist(train=True, subset=config.data.train_subset, **options)
-    test_data = load_mnist(train=False, subset=config.data.test_subset, **options)
-    print(f"MNIST: {len(train_data):,} training and {len(test_data):,} test images, on {device}")
-    results = summary["methods"]
+    mnist, task = load_data(config, device)
+    seeds = config.experiment.seeds or [config.seed]
+    runs = []
 
-    torch.manual_seed(config.seed)
-    model = MLP(config.model.hidden_sizes).to(device)
-    results["pretrained"] = fit(model, "pretrained", config.pretrain, train_data, test_data, config, record)
-    if results["pretrained"]["diverged"]:
-        summary["status"] = "pretraining diverged"
-        checkpoint()
-        return summary
-    if run_dir is not None:
-        results["pretrained"].update(save_pretrained(model, run_dir))
-    checkpoint()
-
-    for method in config.finetune.methods:
-        torch.manual_seed(config.seed)  # every method starts from the same adapter init
-        adapter = getattr(config, method)
-        tuned = add_adapters(copy.deepcopy(model), method, **dataclasses.asdict(adapter))
-        frozen = {name: p.detach().clone() for name, p in tuned.named_parameters() if not p.requires_grad}
-        results[method] = fit(tuned, method, config.finetune, train_data, test_data, config, record)
-        results[method].update(rank=adapter.rank, alpha=adapter.alpha, scaling=adapter.scaling,
-                               s=lora_scaling(adapter.rank, adapter.alpha, adapter.scaling))
-        assert_unchanged(tuned, frozen, method)
-        if run_dir is not None and not results[method]["diverged"]:
-            results[method].update(save_method(tuned, method, run_dir, test_data, base=model))
+    def progress():
+        summary.update(aggregate(runs))
         checkpoint()
 
+    for i, seed in enumerate(seeds, 1):
+        if len(seeds) > 1:
+            print(f"\n==== seed {seed} ({i} of {len(seeds)})")
+        runs.append({"seed": seed, "methods": {}, "decomposition": {}})
+        run_once(config, seed, mnist, task, device, lambda r, seed=seed: record({"seed": seed, **r}),
+                 runs[-1], progress, run_dir if i == 1 else None)
+        if runs[-1]["methods"]["pretrained"]["diverged"]:
+            summary["status"] = "pretraining diverged"
+            return summary
     summary["status"] = "complete"
     return summary
 
 
-def fit(model, phase: str, settings, train_data: Split, test_data: Split, config: Config, record) -> dict:
-    """Train ``model`` on ``train_data`` with ``settings`` (epochs, batch size, lr), then test it."""
+def load_data(config: Config, device: torch.device) -> tuple[tuple[Split, Split], tuple[Split, Split]]:
+    """(train, test) of MNIST for pretraining, and (train, test) of the fine-tuning task."""
+    options = dict(root=config.data.root, device=device, download=config.data.download)
+    mnist = (load_mnist(train=True, subset=config.data.train_subset, **options),
+             load_mnist(train=False, subset=config.data.test_subset, **options))
+    print(f"MNIST: {len(mnist[0]):,} training and {len(mnist[1]):,} test images, on {device}")
+    settings = config.finetune
+    task = tuple(shift_split(split, settings.task, settings.rotate_degrees, settings.permutation_seed)
+                 for split in mnist)
+    if settings.task != "same":
+        print(f"fine-tuning task: {task_label(settings.task, settings.rotate_degrees, settings.permutation_seed)}"
+              f", training and test images alike")
+    return mnist, task
+
+
+def run_once(config: Config, seed: int, mnist: tuple[Split, Split], task: tuple[Split, Split],
+             device: torch.device, record, result: dict, progress, run_dir: Path | None) -> None:
+    """One seed: pretrain (or reuse) the base, then fine-tune every variant from it, into ``result``."""
+    methods, decomposition = result["methods"], result["decomposition"]
+    torch.manual_seed(seed)
+    model = MLP(config.model.hidden_sizes).to(device)
+    methods["pretrained"] = pretrain(model, config, seed, *mnist, device, record)
+    if methods["pretrained"]["diverged"]:
+        return progress()
+    if run_dir is not None:
+        methods["pretrained"].update(save_pretrained(model, run_dir))
+    if config.finetune.task != "same":  # where fine-tuning starts: the base on the shifted test set
+        methods["no_finetune"] = {**score(model, "no_finetune", task[1], [], epochs=0, n_train=0, record=record),
+                                  "trainable_params": 0}
+    progress()
+
+    for variant in finetune_variants(config):
+        torch.manual_seed(seed)  # every method starts from the same adapter init
+        tuned = prepare(model, variant.method, **variant.adapter)
+        frozen = {name: p.detach().clone() for name, p in tuned.named_parameters() if not p.requires_grad}
+        tracker = DecompositionTracker(tuned) if config.analysis.every_n_batches else None
+        outcome = methods[variant.name] = {**fit(tuned, variant.name, config.finetune, *task, seed, config,
+                                                 record, tracker), **variant.describe()}
+        assert_unchanged(tuned, frozen, variant.name)
+        if not outcome["diverged"]:
+            if tracker is not None:
+                decomposition[variant.name] = decomposition_result(tracker)
+            if run_dir is not None and variant.method in ADAPTERS:
+                outcome.update(save_method(tuned, variant.name, run_dir, task[1], base=model))
+        progress()
+
+
+def pretrain(model, config: Config, seed: int, train_data: Split, test_data: Split, device: torch.device,
+             record) -> dict:
+    """Pretrain ``model`` in place, or load the base an earlier run trained from the same inputs."""
+    path = cache_path(config, seed, device) if config.cache.enabled else None
+    cached = load_pretrained(path, model) if path is not None else None
+    if cached is None:
+        records = []
+        result = fit(model, "pretrained", config.pretrain, train_data, test_data, seed, config,
+                     lambda r: (records.append(r), record(r)))
+        if path is not None and not result["diverged"]:
+            save_cached(path, model, [r for r in records if r["kind"] != "test"])
+        return result
+    print(f"\n== pretrained: reusing pretrained base from {path} (same data, model, pretrain settings, seed)")
+    for r in cached:
+        record({**r, "cached": True})  # its curve, for the plots; show() leaves them unprinted
+    epoch_records = [r for r in cached if r["kind"] == "epoch"]
+    result = score(model, "pretrained", test_data, epoch_records, config.pretrain.epochs, len(train_data), record)
+    return {**result, "cached": True}
+
+
+def fit(model, phase: str, settings, train_data: Split, test_data: Split, seed: int, config: Config, record,
+        tracker: DecompositionTracker | None = None) -> dict:
+    """Train ``model`` on ``train_data`` with ``settings`` (epochs, batch size, lr), then test it.
+
+    ``tracker``, when given, records the weight decomposition every ``analysis.every_n_batches``
+    optimiser steps and after the last one.
+    """
     n_trainable = count_trainable_parameters(model)
     n_total = sum(p.numel() for p in model.parameters())
     epochs = f"{settings.epochs} epoch{'' if settings.epochs == 1 else 's'}"
     print(f"\n== {phase}: {epochs}, {n_trainable:,} of {n_total:,} parameters trainable")
-    result = {"trainable_params": n_trainable, "epochs": settings.epochs, "n_train": len(train_data),
-              "diverged": False}
-    generator = torch.Generator().manual_seed(config.seed)  # every phase sees the same batch order
+    generator = torch.Generator().manual_seed(seed)  # every phase sees the same batch order
     try:
         epoch_records = train(model, train_data, epochs=settings.epochs, batch_size=settings.batch_size,
                               lr=settings.lr, generator=generator, log_every=config.log.every_n_batches,
-                              max_loss=settings.max_loss, log=lambda r: record({"phase": phase, **r}))
+                              max_loss=settings.max_loss, log=lambda r: record({"phase": phase, **r}),
+                              checkpoint=tracker, checkpoint_every=config.analysis.every_n_batches)
     except Diverged as error:
         record({"phase": phase, "kind": "diverged", "message": str(error)})
-        return {**result, "diverged": True, "error": str(error), "test_accuracy": None, "n_test": None}
+        return {"diverged": True, "error": str(error), "test_accuracy": None, "test_correct": None,
+                "n_test": None, "n_train": len(train_data), "trainable_params": n_trainable,
+                "train_seconds": None, "epochs": settings.epochs}
+    if tracker is not None:
+        tracker(sum(len(r["batch_losses"]) for r in epoch_records))
+    return score(model, phase, test_data, epoch_records, settings.epochs, len(train_data), record)
+
+
+def score(model, phase: str, test_data: Split, epoch_records: list[dict], epochs: int, n_train: int,
+          record) -> dict:
+    """Accuracy on the whole of ``test_data``, with what training cost."""
     accuracy = evaluate(model, test_data)
     record({"phase": phase, "kind": "test", "test_accuracy": accuracy.percent, "n_test": accuracy.total})
     return {
-        **result,
+        "diverged": False,
         "test_accuracy": accuracy.percent,
         "test_correct": accuracy.correct,
         "n_test": accuracy.total,
         "train_accuracy": epoch_records[-1]["train_accuracy"] if epoch_records else None,
+        "n_train": n_train,
+        "trainable_params": count_trainable_parameters(model),
         "train_seconds": sum(record["seconds"] for record in epoch_records),
+        "epochs": epochs,
     }
 
 
@@ -166,7 +248,10 @@ def assert_unchanged(model: torch.nn.Module, frozen: dict, phase: str) -> None:
 
 
 def show(record: dict) -> None:
-    """Print a metrics record; batch lines keep the seeds' format."""
+    """Print a metrics record; batch lines keep the seeds' format. Records replayed from the
+    pretrained cache are not printed again."""
+    if record.get("cached"):
+        return
     kind, phase = record["kind"], record["phase"]
     if kind == "batch":
         line = (f"Epoch: {record['epoch']:03d}/{record['epochs']:03d} | "

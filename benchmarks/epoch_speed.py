@@ -11,12 +11,15 @@
 
 All run in this one process on the same data and weights, interleaved repeat by repeat, so the
 machine's drift hits them alike; the figures are medians. Seconds exclude evaluation and, on CUDA,
-synchronise the device. Peak memory is the process's resident set (CPU) or allocated device
-memory (CUDA) during the epoch, the MNIST tensors included.
+synchronise the device. Memory is what an epoch needs beyond what was resident before it: the
+peak resident set (CPU) or allocated device memory (CUDA) during the epoch, less the amount at its
+start (the MNIST tensors and the model are already there).
 """
 
 import argparse
+import contextlib
 import copy
+import io
 import statistics
 import sys
 import time
@@ -53,16 +56,18 @@ def floor_epoch(model, data, config, device):
 
 
 def seeds_epoch(model, loader, config, device):
-    seeds_train(model, 1, config.finetune.lr, loader, device, accuracy_pass=False)
+    with contextlib.redirect_stdout(io.StringIO()):  # its loss lines
+        seeds_train(model, 1, config.finetune.lr, loader, device, accuracy_pass=False)
 
 
 def measure(epoch, model, data, config, device) -> tuple[float, float]:
-    """(seconds, peak MB) of one epoch on a fresh copy of ``model``."""
+    """(seconds, MB needed beyond what was resident) of one epoch on a fresh copy of ``model``."""
     model = copy.deepcopy(model)
+    resident = memory_mb(device, peak=False)
     reset_peak_memory(device)
     start = now(device)
     epoch(model, data, config, device)
-    return now(device) - start, peak_memory_mb(device)
+    return now(device) - start, memory_mb(device, peak=True) - resident
 
 
 def now(device) -> float:
@@ -78,11 +83,12 @@ def reset_peak_memory(device) -> None:
         Path("/proc/self/clear_refs").write_text("5")  # Linux: restart the peak-RSS count (VmHWM)
 
 
-def peak_memory_mb(device) -> float:
+def memory_mb(device, peak: bool) -> float:
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+        return (torch.cuda.max_memory_allocated if peak else torch.cuda.memory_allocated)(device) / 2**20
+    field = "VmHWM:" if peak else "VmRSS:"
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -131,12 +137,12 @@ def report(results: dict, phases: dict, ways: dict) -> None:
     seconds = {key: statistics.median(s for s, _ in runs) for key, runs in results.items() if runs}
     memory = {key: max(mb for _, mb in runs) for key, runs in results.items() if runs}
     print(f"\n{'phase':<9}" + "".join(f"{way + ' s':>11}" for way in ways)
-          + f"{'project/floor':>15}{'seeds/project':>15}{'peak MB (project)':>19}")
+          + f"{'project/floor':>15}{'seeds/project':>15}{'epoch MB (project)':>20}")
     for phase in phases:
         row = f"{phase:<9}" + "".join(f"{seconds.get((way, phase), float('nan')):>11.3f}" for way in ways)
         row += f"{seconds['project', phase] / seconds['floor', phase]:>15.3f}"
         row += f"{seconds.get(('seeds', phase), float('nan')) / seconds['project', phase]:>15.2f}"
-        print(row + f"{memory['project', phase]:>19.0f}")
+        print(row + f"{memory['project', phase]:>20.1f}")
     for way in ("project", "floor"):
         print(f"DoRA / LoRA epoch ({way}): {seconds[way, 'dora'] / seconds[way, 'lora']:.3f}")
     print("repeats per way: " + ", ".join(f"{way} {len(results[way, 'pretrain'])}" for way in ways))

@@ -42,7 +42,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=1, help="alternate the two this many times")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args()
-    config = load_config(dora_example.DEFAULT_CONFIG, args.overrides)
+    # Like for like: the seeds' way neither reuses a cached base nor records the dM/dD analysis.
+    config = load_config(dora_example.DEFAULT_CONFIG,
+                         ["cache.enabled=false", "analysis.every_n_batches=null", *args.overrides])
     device = resolve_device(config.device)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     times = {"project": [], "seeds' way": []}

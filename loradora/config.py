@@ -17,8 +17,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from loradora.adapters import ADAPTERS, SCALINGS
+from loradora.adapters import SCALINGS
+from loradora.methods import METHODS
 from loradora.model import N_CLASSES, N_PIXELS
+from loradora.tasks import TASKS
 
 
 class ConfigError(ValueError):
@@ -50,6 +52,9 @@ class PretrainConfig:
 class FinetuneConfig(PretrainConfig):
     epochs: int = 2
     methods: list[str] = field(default_factory=lambda: ["lora", "dora"])
+    task: str = "same"
+    rotate_degrees: float = 45.0
+    permutation_seed: int = 0
 
 
 @dataclass
@@ -62,6 +67,23 @@ class LoRAConfig:
 @dataclass
 class DoRAConfig(LoRAConfig):
     detach_norm: bool = True
+
+
+@dataclass
+class ExperimentConfig:
+    seeds: list[int] | None = None
+    ranks: list[int] | None = None
+
+
+@dataclass
+class AnalysisConfig:
+    every_n_batches: int | None = 100
+
+
+@dataclass
+class CacheConfig:
+    enabled: bool = True
+    dir: str | None = None
 
 
 @dataclass
@@ -86,6 +108,9 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     dora: DoRAConfig = field(default_factory=DoRAConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     log: LogConfig = field(default_factory=LogConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
@@ -158,6 +183,7 @@ def coerce(value, hint, key: str):
         if value is None or value in ("null", "~", "None"):
             return None
         (hint,) = [arg for arg in args if arg is not type(None)]
+        args = typing.get_args(hint)  # list[int] | None: the items' type is list[int]'s, not the union's
     if isinstance(value, str) and hint is not str:
         value = yaml.safe_load(value) if value.strip() else value
     origin = typing.get_origin(hint)
@@ -198,8 +224,10 @@ def validate(config: Config) -> None:
         ("finetune.lr", math.isfinite(config.finetune.lr) and config.finetune.lr > 0, "a finite number > 0"),
         ("model.hidden_sizes", all(size >= 1 for size in config.model.hidden_sizes), "integers >= 1"),
         ("log.every_n_batches", config.log.every_n_batches >= 1, "an integer >= 1"),
-        ("data.train_subset", (config.data.train_subset or 1) >= 1, "null or an integer >= 1"),
-        ("data.test_subset", (config.data.test_subset or 1) >= 1, "null or an integer >= 1"),
+        ("data.train_subset", config.data.train_subset is None or config.data.train_subset >= 1,
+         "null or an integer >= 1"),
+        ("data.test_subset", config.data.test_subset is None or config.data.test_subset >= 1,
+         "null or an integer >= 1"),
     ]
     for method in ("lora", "dora"):
         adapter = getattr(config, method)
@@ -208,17 +236,19 @@ def validate(config: Config) -> None:
             (f"{method}.alpha", math.isfinite(adapter.alpha) and adapter.alpha > 0, "a finite number > 0"),
             (f"{method}.scaling", adapter.scaling in SCALINGS, f"one of {', '.join(SCALINGS)}"),
         ]
+    limit = max_useful_rank(config.model.hidden_sizes)
     for method in ("lora", "dora"):
-        rank, limit = getattr(config, method).rank, max_useful_rank(config.model.hidden_sizes)
-        checks.append((f"{method}.rank", rank <= limit, f"an integer from 1 to {limit} for this model"))
-    unknown_methods = [m for m in config.finetune.methods if m not in ADAPTERS]
+        checks.append((f"{method}.rank", getattr(config, method).rank <= limit,
+                       f"an integer from 1 to {limit} for this model"))
+    unknown_methods = [m for m in config.finetune.methods if m not in METHODS]
     checks += [
-        ("finetune.methods", not unknown_methods, f"a list drawn from {', '.join(ADAPTERS)}"),
+        ("finetune.methods", not unknown_methods, f"a list drawn from {', '.join(METHODS)}"),
         ("pretrain.max_loss", config.pretrain.max_loss > 0, "a number > 0"),
         ("finetune.max_loss", config.finetune.max_loss > 0, "a number > 0"),
         ("output.run_name", is_plain_name(config.output.run_name),
          "null or a folder name without '/', '\\' or '..', so the run stays inside output.dir"),
     ]
+    checks += experiment_checks(config)
     for key, ok, allowed in checks:
         if not ok:
             raise ConfigError(f"{key}: got {lookup(config, key)!r}, allowed: {allowed}")
@@ -237,6 +267,25 @@ def max_useful_rank(hidden_sizes: list[int]) -> int:
 
 def is_plain_name(name: str | None) -> bool:
     return name is None or (name not in ("", ".", "..") and not any(c in name for c in "/\\\0"))
+
+
+def experiment_checks(config: Config) -> list[tuple[str, bool, str]]:
+    """Ranges of the keys that shape an experiment: methods, task, seeds, ranks, analysis."""
+    seeds, ranks = config.experiment.seeds, config.experiment.ranks
+    methods, every = config.finetune.methods, config.analysis.every_n_batches
+    return [
+        ("finetune.methods", len(set(methods)) == len(methods), "each method at most once"),
+        ("finetune.task", config.finetune.task in TASKS, f"one of {', '.join(TASKS)}"),
+        ("finetune.rotate_degrees", math.isfinite(config.finetune.rotate_degrees), "a finite number"),
+        ("experiment.seeds", seeds is None or (len(seeds) >= 1 and len(set(seeds)) == len(seeds)),
+         "null or a non-empty list of distinct integers"),
+        ("experiment.ranks", ranks is None or (len(ranks) >= 1 and len(set(ranks)) == len(ranks)
+                                               and min(ranks) >= 1),
+         "null or a non-empty list of distinct integers >= 1"),
+        ("experiment.ranks", ranks is None or max(ranks) <= max_useful_rank(config.model.hidden_sizes),
+         f"ranks up to {max_useful_rank(config.model.hidden_sizes)} for this model"),
+        ("analysis.every_n_batches", every is None or every >= 1, "null or an integer >= 1"),
+    ]
 
 
 def resolve_device(name: str) -> torch.device:

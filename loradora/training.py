@@ -33,14 +33,17 @@ class Accuracy:
 
 def train(model: nn.Module, data: Split, *, epochs: int, batch_size: int, lr: float,
           generator: torch.Generator, log: Callable[[dict], None], log_every: int,
-          max_loss: float = math.inf) -> list[dict]:
+          max_loss: float = math.inf, checkpoint: Callable[[int], None] | None = None,
+          checkpoint_every: int | None = None) -> list[dict]:
     """Adam on cross-entropy over the trainable parameters; returns one record per epoch.
 
     ``log`` receives a record for every ``log_every``-th batch and one per epoch; an epoch record
-    holds the mean loss, the accuracy on the batches as they were trained (the whole epoch, not one
-    batch) and the epoch's seconds. Between records the loop never waits for the device: loss and
-    accuracy accumulate as tensors, and ``.item()`` is called only when a record is made. Timing
-    synchronises the GPU and excludes evaluation.
+    holds the mean loss, every batch's loss (``batch_losses``, for the loss curves), the accuracy on
+    the batches as they were trained (the whole epoch, not one batch) and the epoch's seconds.
+    Between records the loop never waits for the device: loss and accuracy accumulate as tensors,
+    and ``.item()`` is called only when a record is made. Timing synchronises the GPU and excludes
+    evaluation. ``checkpoint(step)`` runs after every ``checkpoint_every``-th optimiser step
+    (counted over all epochs); its time is left out of the epoch's seconds too.
 
     Raises Diverged, at the next record, once any batch loss was non-finite or above ``max_loss``
     (Adam bounds each step by lr, so lr=1e3 gives huge but finite losses, not NaN).
@@ -52,12 +55,14 @@ def train(model: nn.Module, data: Split, *, epochs: int, batch_size: int, lr: fl
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, fused=True)
     model.train()
     epoch_records = []
+    step = 0
     for epoch in range(1, epochs + 1):
         batches = shuffled_batches(len(data), batch_size, generator, device)
         loss_sum = torch.zeros((), device=device)
+        batch_losses = []
         correct = torch.zeros((), dtype=torch.long, device=device)
         worst_loss = torch.zeros((), device=device)  # torch.maximum keeps a NaN once it has seen one
-        start = _now(device)
+        start, paused = _now(device), 0.0
         progress = tqdm(batches, desc=f"epoch {epoch}/{epochs}", leave=False,
                         disable=not sys.stdout.isatty())
         for batch, indices in enumerate(progress):
@@ -67,7 +72,9 @@ def train(model: nn.Module, data: Split, *, epochs: int, batch_size: int, lr: fl
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            step += 1
             loss_sum += loss.detach() * len(labels)
+            batch_losses.append(loss.detach())
             correct += (logits.argmax(dim=1) == labels).sum()
             worst_loss = torch.maximum(worst_loss, loss.detach())
             if batch % log_every == 0 or batch == len(batches) - 1:
@@ -75,11 +82,16 @@ def train(model: nn.Module, data: Split, *, epochs: int, batch_size: int, lr: fl
             if batch % log_every == 0:  # the seeds log batch 0, 400, 800, ...
                 log({"kind": "batch", "epoch": epoch, "epochs": epochs, "batch": batch,
                      "batches": len(batches), "loss": loss.item()})
-        seconds = _now(device) - start
+            if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
+                pause = _now(device)
+                checkpoint(step)
+                paused += _now(device) - pause
+        seconds = _now(device) - start - paused
         epoch_records.append({"kind": "epoch", "epoch": epoch, "epochs": epochs,
                               "loss": loss_sum.item() / len(data),
                               "train_accuracy": 100.0 * correct.item() / len(data),
-                              "n_train": len(data), "seconds": seconds})
+                              "n_train": len(data), "seconds": seconds,
+                              "batch_losses": torch.stack(batch_losses).tolist()})
         log(epoch_records[-1])
     return epoch_records
 

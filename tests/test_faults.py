@@ -195,7 +195,7 @@ def test_deterministic_mode_runs_and_repeats(tmp_path, mnist_root):
     try:
         for name in ("a", "b"):
             assert cli(tmp_path, f"data.root={mnist_root}", "deterministic=true", "finetune.methods=[dora]",
-                       f"output.run_name={name}") == 0
+                       "cache.enabled=false", f"output.run_name={name}") == 0  # both runs train
         assert torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(False)

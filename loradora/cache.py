@@ -1,0 +1,69 @@
+"""A cache of pretrained bases, so a change to fine-tuning settings does not retrain the base.
+
+The key is a hash of everything that decides the pretrained weights and nothing else: the training
+images used (``data.train_subset``), the model, the pretraining settings, the seed, and, because
+they change the floating-point result, where it runs: torch version, device (the GPU's name, or
+the CPU's name and torch's thread count: 1 and 2 threads sum in different orders, measured). A hit
+therefore gives bit-identical weights to retraining (a test checks it), so a run's results never
+depend on whether the cache was warm. Fine-tuning, adapter, task, test-set and output settings are
+not in the key.
+"""
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from loradora.config import Config
+from loradora.results import cpu_name, write_atomic
+
+CACHE_FORMAT = 1  # bump when what a cache file holds, or how a base is trained, changes
+
+
+def pretrain_key(config: Config, seed: int, device: torch.device) -> str:
+    inputs = {
+        "format": CACHE_FORMAT,
+        "train_subset": config.data.train_subset,
+        "hidden_sizes": config.model.hidden_sizes,
+        "pretrain": {"epochs": config.pretrain.epochs, "batch_size": config.pretrain.batch_size,
+                     "lr": config.pretrain.lr},
+        "seed": seed,
+        "numerics": numerics(device),
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def numerics(device: torch.device) -> dict:
+    """What, besides the inputs, decides the bits of a trained model on ``device``."""
+    if device.type == "cuda":
+        return {"torch": torch.__version__, "device": torch.cuda.get_device_name(device)}
+    return {"torch": torch.__version__, "device": cpu_name(), "threads": torch.get_num_threads()}
+
+
+def cache_dir(config: Config) -> Path:
+    """``cache.dir``, or ``<output.dir>/.pretrained_cache`` when it is null."""
+    return Path(config.cache.dir) if config.cache.dir is not None else Path(config.output.dir) / ".pretrained_cache"
+
+
+def cache_path(config: Config, seed: int, device: torch.device) -> Path:
+    return cache_dir(config) / f"{pretrain_key(config, seed, device)}.pt"
+
+
+def save_cached(path: Path, model: nn.Module, records: list[dict]) -> None:
+    """The weights and the pretraining's metrics records, written atomically (temporary file, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save({"state_dict": model.state_dict(), "records": records}, buffer)
+    write_atomic(path, buffer.getvalue())
+
+
+def load_pretrained(path: Path, model: nn.Module) -> list[dict] | None:
+    """Load the cached weights into ``model`` and return the pretraining's records; None on a miss."""
+    if not path.exists():
+        return None
+    cached = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
+    model.load_state_dict(cached["state_dict"])
+    return cached["records"]

@@ -1,0 +1,220 @@
+"""The figures of a run, drawn from the files it wrote (metrics.jsonl, summary.json):
+
+    loss_curves.png       every run: per-batch training loss per phase, the mean over seeds
+    accuracy_vs_rank.png  a rank sweep (experiment.ranks): accuracy per rank, and DoRA - LoRA per rank
+    dm_dd.png             with the analysis on: dM against dD per method, with the fitted line
+
+A figure that does not apply to a run is not written. matplotlib's ``Figure`` is used directly, not
+pyplot, so no window or global backend is involved: ``savefig`` renders a PNG with Agg.
+
+    python -m loradora.plots results/<run>     # draws a finished run's figures again
+"""
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+LAYER_MARKERS = "osD^v<>p"
+REFERENCE_LABELS = {"full": "full (every weight)", "head": "head (last layer)",
+                    "no_finetune": "no_finetune (base, not tuned)", "pretrained": "pretrained (base)"}
+LINE_STYLES = ("-", (0, (5, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2)))
+
+
+def write_plots(run_dir: Path) -> list[Path]:
+    """Draw every figure that applies to the run in ``run_dir``; returns the files written."""
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    curves = loss_curves(run_dir / "metrics.jsonl")
+    written = []
+    for name, draw, applies in [
+        ("loss_curves.png", lambda: draw_loss_curves(curves, summary), bool(curves)),
+        ("accuracy_vs_rank.png", lambda: draw_accuracy_vs_rank(summary), is_rank_sweep(summary)),
+        ("dm_dd.png", lambda: draw_dm_dd(summary), bool(summary["decomposition"])),
+    ]:
+        if applies:
+            figure = draw()
+            figure.savefig(run_dir / name, dpi=120)
+            written.append(run_dir / name)
+    return written
+
+
+def is_rank_sweep(summary: dict) -> bool:
+    """At least two ranks of an adapter from experiment.ranks (not merely lora.rank != dora.rank)."""
+    swept = {entry["rank"] for entry in summary["methods"].values() if "rank" in entry}
+    return bool(summary["config"]["experiment"]["ranks"]) and len(swept) >= 2
+
+
+def loss_curves(metrics_path: Path) -> dict[str, list[list[float]]]:
+    """Per phase, each seed's per-batch losses over all its epochs, from the epoch records."""
+    per_seed = defaultdict(lambda: defaultdict(list))
+    for line in metrics_path.read_text().splitlines():
+        record = json.loads(line)
+        if record["kind"] == "epoch" and "batch_losses" in record:
+            per_seed[record["phase"]][record.get("seed")].extend(record["batch_losses"])
+    return {phase: list(seeds.values()) for phase, seeds in per_seed.items()}
+
+
+def mean_over_seeds(curves: list[list[float]]) -> list[float]:
+    return [sum(values) / len(values) for values in zip(*curves)]
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing mean over up to ``window`` values, so the smoothed curve starts at the first batch."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def loss_panels(summary: dict, phases: list[str]) -> dict[str, list[str]]:
+    """Which phases share a panel: pretraining alone; fine-tuning together, or, in a rank sweep, one
+    panel per adapter (a line per rank) and one for the baselines."""
+    methods = summary["methods"]
+    sweep = bool(summary["config"]["experiment"]["ranks"])
+    panels = defaultdict(list)
+    for phase in phases:
+        method = methods.get(phase, {}).get("method")
+        if phase == "pretrained":
+            panels["pretraining (all weights)"].append(phase)
+        elif not sweep:
+            panels["fine-tuning"].append(phase)
+        elif method in ("lora", "dora"):
+            panels[f"fine-tuning: {method} by rank"].append(phase)
+        else:
+            panels["fine-tuning: baselines"].append(phase)
+    return panels
+
+
+def draw_loss_curves(curves: dict, summary: dict) -> Figure:
+    panels = loss_panels(summary, list(curves))
+    n_seeds = len(summary["seeds"])
+    n_cols = len(panels) if len(panels) <= 2 else 2
+    n_rows = -(-len(panels) // n_cols)
+    figure = Figure(figsize=(6.5 * n_cols, 4.6 * n_rows + 0.4), layout="constrained")
+    axes = list(figure.subplots(n_rows, n_cols, squeeze=False).flat)
+    for unused in axes[len(panels):]:
+        unused.set_visible(False)
+    for ax, (title, phases) in zip(axes, panels.items()):
+        by_rank = title.endswith("by rank")
+        colors = sequential_colors(len(phases)) if by_rank else [f"C{k}" for k in range(len(phases))]
+        for k, (phase, color) in enumerate(zip(phases, colors)):
+            mean = mean_over_seeds(curves[phase])
+            steps = range(1, len(mean) + 1)
+            if len(phases) <= 4:  # more faint lines than that blur into one band
+                ax.plot(steps, mean, color=color, alpha=0.12, linewidth=0.5)
+            # Dash patterns keep a curve visible where it runs on top of another; a rank sweep's
+            # curves are told apart by their colour, dark (low rank) to light (high rank).
+            ax.plot(steps, moving_average(mean, max(1, len(mean) // 40)), color=color, linewidth=1.6,
+                    label=phase, linestyle="-" if by_rank else LINE_STYLES[k % len(LINE_STYLES)])
+        ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_xlabel("optimiser step (batch of the training run)")
+        ax.set_ylabel("training-batch cross-entropy loss (log scale)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small", ncols=2 if len(phases) > 4 else 1)
+    seeds = f"mean over {n_seeds} seeds" if n_seeds > 1 else f"seed {summary['seeds'][0]}"
+    figure.suptitle(f"Per-batch training loss ({seeds}); bold: trailing mean over 1/40 of the run"
+                    f"{', faint: every batch' if any(len(p) <= 4 for p in panels.values()) else ''}")
+    return figure
+
+
+def sequential_colors(n: int) -> list:
+    """Colours for ordered lines (ranks): dark to light along viridis, stopping short of pale yellow."""
+    return [colormaps["viridis"](0.85 * i / max(1, n - 1)) for i in range(n)]
+
+
+def draw_accuracy_vs_rank(summary: dict) -> Figure:
+    methods, comparisons = summary["methods"], summary["comparisons"]
+    n_seeds = len(summary["seeds"])
+    with_differences = bool(comparisons)
+    figure = Figure(figsize=(12 if with_differences else 6.5, 4.8), layout="constrained")
+    axes = figure.subplots(1, 2 if with_differences else 1, squeeze=False)[0]
+
+    ax = axes[0]
+    for i, method in enumerate(("lora", "dora")):
+        entries = sorted((r["rank"], r) for r in methods.values() if r.get("method") == method)
+        if not entries:
+            continue
+        ranks = [rank for rank, _ in entries]
+        offset = 1.04 if i else 1 / 1.04  # side by side, so the error bars do not hide each other
+        ax.errorbar([rank * offset for rank in ranks], [r["test_accuracy"] for _, r in entries],
+                    yerr=[r.get("test_accuracy_std") or 0.0 for _, r in entries], marker="o", capsize=3,
+                    label=f"{method}", color=f"C{i}")
+    for j, name in enumerate(("full", "head", "no_finetune", "pretrained")):
+        if name not in methods or (name == "pretrained" and "no_finetune" in methods):
+            continue  # the pretrained base on a shifted task is no_finetune; on MNIST it is pretrained
+        result, color = methods[name], f"C{j + 2}"
+        ax.axhline(result["test_accuracy"], color=color, linestyle="--", label=REFERENCE_LABELS[name])
+        std = result.get("test_accuracy_std")
+        if std:
+            ax.axhspan(result["test_accuracy"] - std, result["test_accuracy"] + std, color=color, alpha=0.12)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted({r["rank"] for r in methods.values() if "rank" in r}))
+    ax.get_xaxis().set_major_formatter("{x:g}")
+    ax.set_xlabel("adapter rank r")
+    ax.set_ylabel("test accuracy (%)")
+    bars = f"mean ± std over {n_seeds} seeds" if n_seeds > 1 else "one seed, no error bars"
+    ax.set_title(f"Test accuracy by rank ({bars})")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+
+    if with_differences:
+        ax = axes[1]
+        rows = sorted((methods[pair.split(" - ")[0]]["rank"], c) for pair, c in comparisons.items())
+        ranks = [rank for rank, _ in rows]
+        means = [c["mean"] for _, c in rows]
+        errors = [[c["mean"] - c["ci95"][0] for _, c in rows], [c["ci95"][1] - c["mean"] for _, c in rows]]
+        ax.errorbar(ranks, means, yerr=errors, marker="o", capsize=3, color="C1", label="dora - lora")
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ranks)
+        ax.get_xaxis().set_major_formatter("{x:g}")
+        ax.set_xlabel("adapter rank r")
+        ax.set_ylabel("DoRA - LoRA test accuracy (points)")
+        ax.set_title(f"Paired difference by seed, with 95% t interval ({n_seeds} seeds)")
+        ax.grid(True, alpha=0.3)
+    return figure
+
+
+def draw_dm_dd(summary: dict) -> Figure:
+    """The DoRA paper's figure 2 for this run: one panel per method, a marker per layer."""
+    fits = summary["decomposition"]
+    n_cols = len(fits) if len(fits) <= 3 else 2
+    n_rows = -(-len(fits) // n_cols)
+    figure = Figure(figsize=(5.2 * n_cols, 4.4 * n_rows + 0.4), layout="constrained")
+    axes = list(figure.subplots(n_rows, n_cols, squeeze=False).flat)
+    for unused in axes[len(fits):]:
+        unused.set_visible(False)
+    for ax, (name, line) in zip(axes, fits.items()):
+        points = [point for run in summary["runs"] for point in run["decomposition"][name]["points"]]
+        shapes = summary["runs"][0]["decomposition"][name]["layers"]
+        for k, (layer, (n_out, n_in)) in enumerate(shapes.items()):
+            mine = [point for point in points if point["layer"] == layer]
+            ax.scatter([p["dD"] for p in mine], [p["dM"] for p in mine], s=14, alpha=0.7,
+                       marker=LAYER_MARKERS[k % len(LAYER_MARKERS)], color=f"C{k}",
+                       label=f"{layer}: {n_in}→{n_out}")
+        xs = [min(p["dD"] for p in points), max(p["dD"] for p in points)]
+        r = "undefined" if line["correlation"] is None else f"{line['correlation']:+.2f}"
+        ax.plot(xs, [line["slope"] * x + line["intercept"] for x in xs], color="black", linewidth=1.2,
+                label=f"least squares, all points: slope {line['slope']:+.3f}, r {r}")
+        ax.set_title(f"{name}: {len(points)} points")
+        ax.set_xlabel("ΔD: mean (1 − cos) of rows vs. W0 (direction)")
+        ax.set_ylabel("ΔM: mean |Δ row norm| vs. W0 (magnitude)")
+        ax.xaxis.set_major_formatter("{x:.3g}")  # plain numbers: an offset label would collide with the axis label
+        ax.yaxis.set_major_formatter("{x:.3g}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    seeds = len(summary["seeds"])
+    figure.suptitle(f"Magnitude vs. direction change of the effective weights during fine-tuning "
+                    f"(every checkpoint and layer{f', {seeds} seeds' if seeds > 1 else ''})")
+    return figure
+
+
+if __name__ == "__main__":
+    for path in write_plots(Path(sys.argv[1])):
+        print(path)

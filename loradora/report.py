@@ -1,0 +1,145 @@
+"""The text a run prints at its end: the results table, DoRA - LoRA with its interval in plain words,
+the rank-sweep table and the weight-decomposition lines. Reads only the summary dict."""
+
+import textwrap
+
+from loradora.results import format_table
+from loradora.tasks import task_label
+
+
+def format_report(summary: dict) -> str:
+    seeds = summary["seeds"]
+    parts = [format_table(summary["methods"]) if len(seeds) == 1 else format_seed_table(summary["methods"], seeds)]
+    parts.append(test_set_note(summary["config"]["finetune"]))
+    parts.append(cache_note(summary["runs"]))
+    comparisons = summary["comparisons"]
+    if summary["config"]["experiment"]["ranks"]:
+        parts.append(format_rank_table(summary))  # with DoRA - LoRA and its interval at each rank
+        if comparisons:
+            parts.append(arrow(several_intervals(comparisons)))
+    elif comparisons:
+        parts.append(format_comparisons(comparisons))
+    elif {"lora", "dora"} <= {m.get("method") for m in summary["methods"].values()}:
+        parts.append("One seed: no confidence interval. Set experiment.seeds (configs/seeds.yaml) to ask "
+                     "whether DoRA beats LoRA.")
+    if summary["decomposition"]:
+        parts.append(format_decomposition(summary["decomposition"]))
+    return "\n\n".join(part for part in parts if part)
+
+
+def format_seed_table(methods: dict, seeds: list[int]) -> str:
+    """Mean +- sample std over seeds, with each seed's accuracy."""
+    header = ("method", "rank", "trainable params", f"test accuracy, mean ± std over {len(seeds)} seeds",
+              f"per seed ({', '.join(map(str, seeds))})", "train s")
+    rows = [header]
+    for name, result in methods.items():
+        n_test = f" of {result['n_test']:,}"
+        rows.append((
+            name,
+            str(result.get("rank", "-")),
+            f"{result['trainable_params']:,}",
+            f"{result['test_accuracy']:.2f} ± {result['test_accuracy_std']:.2f}%{n_test}",
+            " ".join(f"{accuracy:.2f}" for accuracy in result["test_accuracies"]),
+            f"{result['train_seconds']:.1f}",
+        ))
+    return align(rows)
+
+
+def align(rows: list[tuple[str, ...]]) -> str:
+    """Columns padded to their widest cell: the first left-aligned, the rest right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def test_set_note(finetune: dict) -> str:
+    if finetune["task"] == "same":
+        return ""
+    label = task_label(finetune["task"], finetune["rotate_degrees"], finetune["permutation_seed"])
+    return textwrap.fill(f"Fine-tuned on {label}: the fine-tuned methods and no_finetune (the pretrained base, "
+                         f"not fine-tuned) are tested on the equally shifted test set; pretrained on the "
+                         f"plain MNIST test set.", width=100)
+
+
+def cache_note(runs: list[dict]) -> str:
+    seeds = [run["seed"] for run in runs if run["methods"]["pretrained"].get("cached")]
+    if not seeds:
+        return ""
+    return textwrap.fill(f"Pretrained base reused from the cache for seed{'s' if len(seeds) > 1 else ''} "
+                         f"{', '.join(map(str, seeds))}: its train s is that of the run that trained it.",
+                         width=100)
+
+
+def format_comparisons(comparisons: dict) -> str:
+    lines = ["Paired by seed (same base, batch order and adapter init), 95% t interval:"]
+    for name, c in comparisons.items():
+        low, high = c["ci95"]
+        ranks = "" if c["ranks"]["dora"] == c["ranks"]["lora"] else \
+            f" [ranks {c['ranks']['dora']} and {c['ranks']['lora']}: not a like-for-like pair]"
+        lines.append(f"  {name}{ranks}: {c['mean']:+.2f} points, 95% CI [{low:+.2f}, {high:+.2f}] "
+                     f"(std {c['std']:.2f}, t({c['df']}) = {c['t_critical']:.3f})")
+        lines.append(arrow(c["verdict"]))
+    return "\n".join(lines)
+
+
+def arrow(sentence: str) -> str:
+    return textwrap.fill(sentence, width=100, initial_indent="  -> ", subsequent_indent="     ")
+
+
+def several_intervals(comparisons: dict) -> str:
+    """One sentence for a sweep's intervals, with the chance that some exclude zero by luck alone."""
+    excluding = [name for name, c in comparisons.items() if c["excludes_zero"]]
+    n, n_seeds = len(comparisons), next(iter(comparisons.values()))["n"]
+    by_chance = 1 - 0.95**n  # if DoRA and LoRA were equal at every rank and the intervals independent
+    if not excluding:
+        return (f"none of the {n} intervals excludes zero: at no rank can {n_seeds} seeds tell DoRA "
+                f"from LoRA.")
+    return (f"{len(excluding)} of {n} intervals exclude zero ({', '.join(excluding)}); with {n} intervals, "
+            f"at least one would exclude zero by chance alone {100 * by_chance:.0f}% of the time, so read "
+            f"a single one with care.")
+
+
+def format_rank_table(summary: dict) -> str:
+    """One row per rank: each adapter's parameters and accuracy, and DoRA - LoRA."""
+    methods, comparisons = summary["methods"], summary["comparisons"]
+    by_rank = {}
+    for name, result in methods.items():
+        if result.get("method") in ("lora", "dora"):
+            by_rank.setdefault(result["rank"], {})[result["method"]] = (name, result)
+    header = ("rank", "lora params", "lora accuracy", "dora params", "dora accuracy",
+              "dora - lora, paired [95% CI]")
+    rows = [header]
+    for rank in sorted(by_rank):
+        cells = [str(rank)]
+        for method in ("lora", "dora"):
+            name, result = by_rank[rank].get(method, (None, None))
+            cells += [f"{result['trainable_params']:,}", accuracy_cell(result)] if result else ["-", "-"]
+        pair = f"{by_rank[rank]['dora'][0]} - {by_rank[rank]['lora'][0]}" if len(by_rank[rank]) == 2 else None
+        c = comparisons.get(pair)
+        cells.append(f"{c['mean']:+.2f} [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]" if c else "-")
+        rows.append(tuple(cells))
+    return align(rows)
+
+
+def accuracy_cell(result: dict) -> str:
+    std = result.get("test_accuracy_std")
+    return f"{result['test_accuracy']:.2f}%" if std is None else f"{result['test_accuracy']:.2f} ± {std:.2f}%"
+
+
+def format_decomposition(decomposition: dict) -> str:
+    """The line of dM on dD per method (DoRA paper section 3.2, figure 2)."""
+    header = ("method", "points", "slope of dM on dD", "r", "slope per seed", "r within each layer")
+    rows = [header]
+    for name, line in decomposition.items():
+        per_seed = " ".join(signed(s) for s in line["per_seed_slopes"])
+        per_layer = " ".join(signed(layer["correlation"]) for layer in line["per_layer"].values())
+        rows.append((name, str(line["n"]), f"{line['slope']:+.3f}", signed(line["correlation"]), per_seed, per_layer))
+    return ("Weight decomposition (DoRA paper sec. 3.2): dM = mean |change of row norm|, dD = mean "
+            "(1 - cos) of rows,\nagainst the pretrained weight; slope and r over every layer at every "
+            "checkpoint of every seed:\n" + align(rows))
+
+
+def signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}"

@@ -1,0 +1,145 @@
+"""Seeds, rank sweeps, baselines and shifted tasks: the aggregation on made-up runs, then the whole
+pipeline on a slice of MNIST, through the command line."""
+
+import json
+import statistics
+
+import pytest
+
+import dora_example
+from conftest import REPO
+from loradora.config import ConfigError, load_config
+from loradora.experiment import adapter_pairs, aggregate, finetune_variants
+
+
+def fake_run(seed: int, accuracies: dict) -> dict:
+    methods = {name: {"test_accuracy": accuracy, "test_correct": 0, "n_test": 100, "train_accuracy": 0.0,
+                      "trainable_params": 10, "train_seconds": 1.0 + seed, "epochs": 1, "method": name, "rank": 4}
+               for name, accuracy in accuracies.items()}
+    return {"seed": seed, "methods": methods, "decomposition": {}}
+
+
+def test_one_seed_keeps_the_single_run_schema():
+    run = fake_run(1, {"pretrained": 95.0, "lora": 97.0, "dora": 97.1})
+    summary = aggregate([run])
+    assert summary["methods"] is run["methods"] and summary["comparisons"] == {} and summary["seeds"] == [1]
+
+
+def test_seeds_aggregate_to_mean_std_and_a_paired_difference():
+    lora, dora = [96.9, 97.0, 97.0, 97.0, 97.1], [97.0, 97.2, 96.8, 97.4, 97.1]
+    runs = [fake_run(seed, {"lora": l, "dora": d}) for seed, l, d in zip(range(5), lora, dora)]
+    summary = aggregate(runs)
+    result = summary["methods"]["dora"]
+    assert result["test_accuracy"] == pytest.approx(statistics.fmean(dora))
+    assert result["test_accuracy_std"] == pytest.approx(statistics.stdev(dora))
+    assert result["test_accuracies"] == dora and result["n_seeds"] == 5
+    assert result["train_seconds"] == pytest.approx(3.0) and result["n_test"] == 100
+    assert "test_correct" not in result  # per-seed counts live in summary["runs"]
+    (name, comparison), = summary["comparisons"].items()
+    assert name == "dora - lora"
+    assert comparison["mean"] == pytest.approx(0.1) and comparison["df"] == 4
+    assert comparison["ci95"] == pytest.approx([-0.1776, 0.3776])
+    assert comparison["excludes_zero"] is False and "not distinguishable from zero" in comparison["verdict"]
+    assert comparison["ranks"] == {"dora": 4, "lora": 4}
+
+
+def test_a_pair_of_different_ranks_says_so():
+    runs = [fake_run(seed, {"lora": 97.0 + seed / 10, "dora": 97.0}) for seed in range(3)]
+    for run in runs:
+        run["methods"]["lora"]["rank"] = 8
+    comparison = aggregate(runs)["comparisons"]["dora - lora"]
+    assert comparison["ranks"] == {"dora": 4, "lora": 8} and "DoRA (rank 4)" in comparison["verdict"]
+
+
+def test_variants_of_a_rank_sweep():
+    config = load_config(None, ["finetune.methods=[lora, dora, head]", "experiment.ranks=[1, 8]", "dora.alpha=3"])
+    variants = finetune_variants(config)
+    assert [v.name for v in variants] == ["lora_r1", "lora_r8", "dora_r1", "dora_r8", "head"]
+    assert variants[3].adapter["rank"] == 8 and variants[3].adapter["alpha"] == 3.0
+    assert variants[3].describe()["s"] == 3.0 / 8 and variants[4].describe() == {"method": "head"}
+    assert adapter_pairs([v.name for v in variants]) == [("dora_r1", "lora_r1"), ("dora_r8", "lora_r8")]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("finetune.methods=[lora, bogus]", "finetune.methods: got ['lora', 'bogus'], allowed: a list drawn from "
+                                       "lora, dora, full, head"),
+    ("finetune.methods=[lora, lora]", "each method at most once"),
+    ("finetune.task=flip", "finetune.task: got 'flip', allowed: one of same, rotate, permute"),
+    ("experiment.seeds=[]", "experiment.seeds"),
+    ("experiment.seeds=[1, 1]", "distinct"),
+    ("experiment.ranks=[0, 4]", "experiment.ranks: got [0, 4]"),
+    ("analysis.every_n_batches=0", "analysis.every_n_batches: got 0"),
+])
+def test_bad_experiment_settings_name_the_key(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [override])
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["seeds", "rank_sweep", "shift"])
+def test_shipped_configs_load(name):
+    config = load_config(REPO / "configs" / f"{name}.yaml")
+    assert config.experiment.seeds and len(config.experiment.seeds) >= 3
+    if name == "rank_sweep":
+        assert config.experiment.ranks == [1, 2, 4, 8, 16, 32, 64]
+    if name == "shift":
+        assert config.finetune.task != "same"
+
+
+def tiny_run(tmp_path, mnist_root, name, *overrides):
+    """The pipeline on 512 training and 200 test images; returns the run folder."""
+    argv = ["--config", str(REPO / "configs" / "smoke.yaml"), f"data.root={mnist_root}", f"output.dir={tmp_path}",
+            f"output.run_name={name}", "data.train_subset=512", "data.test_subset=200", "finetune.epochs=1",
+            *overrides]
+    assert dora_example.main(argv) == 0
+    return tmp_path / name
+
+
+def test_seeds_with_baselines_report_statistics_and_plots(tmp_path, mnist_root, capsys):
+    run = tiny_run(tmp_path, mnist_root, "seeds", "experiment.seeds=[1, 2, 3]",
+                   "finetune.methods=[lora, dora, full, head]", "analysis.every_n_batches=4")
+    out = capsys.readouterr().out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["seeds"] == [1, 2, 3] and [r["seed"] for r in summary["runs"]] == [1, 2, 3]
+    assert list(summary["methods"]) == ["pretrained", "lora", "dora", "full", "head"]
+    assert summary["methods"]["full"]["trainable_params"] == 136_074
+    assert summary["methods"]["head"]["trainable_params"] == 2_570
+    per_seed = {m: [r["methods"][m]["test_accuracy"] for r in summary["runs"]] for m in ("lora", "dora")}
+    assert summary["methods"]["dora"]["test_accuracies"] == per_seed["dora"]
+    comparison = summary["comparisons"]["dora - lora"]
+    assert comparison["differences"] == pytest.approx([d - l for d, l in zip(per_seed["dora"], per_seed["lora"])])
+    assert "mean ± std over 3 seeds" in out and "dora - lora:" in out and "95% CI" in out
+    assert comparison["verdict"] in " ".join(out.split())  # printed wrapped
+    # dM/dD for every fine-tuned layer: 8 batches, checkpoints at steps 4 and 8, for 3 seeds.
+    assert set(summary["decomposition"]) == {"lora", "dora", "full", "head"}
+    assert summary["decomposition"]["lora"]["n"] == 3 * 2 * 3 and summary["decomposition"]["head"]["n"] == 3 * 2
+    assert "Weight decomposition" in out
+    assert (run / "loss_curves.png").exists() and (run / "dm_dd.png").exists()
+    assert not (run / "accuracy_vs_rank.png").exists()  # not a rank sweep
+
+
+def test_rank_sweep_reports_every_rank(tmp_path, mnist_root, capsys):
+    run = tiny_run(tmp_path, mnist_root, "sweep", "experiment.seeds=[1, 2]", "experiment.ranks=[1, 2]",
+                   "finetune.methods=[lora, dora, head]", "analysis.every_n_batches=null")
+    out = capsys.readouterr().out
+    summary = json.loads((run / "summary.json").read_text())
+    assert list(summary["methods"]) == ["pretrained", "lora_r1", "lora_r2", "dora_r1", "dora_r2", "head"]
+    assert summary["methods"]["lora_r1"]["trainable_params"] == 1 * (912 + 384 + 266)
+    assert summary["methods"]["dora_r2"]["trainable_params"] == 2 * (912 + 384 + 266) + 394
+    assert list(summary["comparisons"]) == ["dora_r1 - lora_r1", "dora_r2 - lora_r2"]
+    assert "dora - lora, paired [95% CI]" in out and "intervals exclude" in out  # the rank table
+    assert (run / "accuracy_vs_rank.png").exists() and (run / "loss_curves.png").exists()
+    assert not (run / "dm_dd.png").exists() and summary["decomposition"] == {}  # analysis off
+
+
+def test_shifted_task_reports_the_base_on_the_shifted_test_set(tmp_path, mnist_root, capsys):
+    run = tiny_run(tmp_path, mnist_root, "shift", "finetune.task=rotate", "finetune.rotate_degrees=60",
+                   "finetune.methods=[lora]")
+    out = capsys.readouterr().out
+    methods = json.loads((run / "summary.json").read_text())["methods"]
+    assert list(methods) == ["pretrained", "no_finetune", "lora"]
+    assert methods["no_finetune"]["trainable_params"] == 0 and methods["no_finetune"]["n_test"] == 200
+    # Rotation by 60 degrees costs the base most of its accuracy; the adapter wins some of it back.
+    assert methods["no_finetune"]["test_accuracy"] < methods["pretrained"]["test_accuracy"] - 20
+    assert methods["lora"]["test_accuracy"] > methods["no_finetune"]["test_accuracy"]
+    assert "MNIST rotated 60 degrees" in out

@@ -1,0 +1,89 @@
+"""The statistics on numbers worked out by hand."""
+
+import math
+
+import pytest
+
+from loradora.stats import fit_line, paired_difference, spread, t_quantile_975, verdict
+
+# DoRA and LoRA accuracies over 5 seeds, chosen so the arithmetic is exact: differences
+# [0.1, 0.2, -0.2, 0.4, 0.0], mean 0.1, squared deviations 0 + .01 + .09 + .09 + .01 = 0.2,
+# variance 0.2 / 4 = 0.05, std sqrt(0.05), standard error sqrt(0.05 / 5) = 0.1,
+# half-width t(4) * 0.1 = 0.2776, interval [-0.1776, 0.3776].
+DORA = [97.0, 97.2, 96.8, 97.4, 97.1]
+LORA = [96.9, 97.0, 97.0, 97.0, 97.1]
+
+
+def test_t_quantiles_match_the_table_and_the_normal_limit():
+    assert t_quantile_975(1) == 12.706
+    assert t_quantile_975(4) == 2.776  # the 5-seed interval
+    assert t_quantile_975(30) == 2.042
+    # Beyond the table: the expansion against exact values (R's qt(0.975, df)).
+    for df, exact in [(31, 2.039513), (40, 2.021075), (60, 2.000298), (120, 1.979930)]:
+        assert t_quantile_975(df) == pytest.approx(exact, abs=1e-4)
+    assert t_quantile_975(10**7) == pytest.approx(1.959964, abs=1e-6)
+    with pytest.raises(ValueError):
+        t_quantile_975(0)
+
+
+def test_spread_is_mean_and_sample_std():
+    result = spread([1.0, 2.0, 3.0, 4.0])
+    assert result.mean == 2.5 and result.n == 4
+    assert result.std == pytest.approx(math.sqrt(5 / 3))  # squared deviations sum to 5, over n - 1 = 3
+    assert spread([97.5]).std is None  # one seed: no spread to report
+
+
+def test_paired_difference_on_known_numbers():
+    difference = paired_difference(DORA, LORA)
+    assert difference.differences == pytest.approx([0.1, 0.2, -0.2, 0.4, 0.0])
+    assert difference.mean == pytest.approx(0.1)
+    assert difference.std == pytest.approx(math.sqrt(0.05))
+    assert (difference.n, difference.df, difference.t_critical) == (5, 4, 2.776)
+    assert difference.ci95 == pytest.approx((0.1 - 0.2776, 0.1 + 0.2776))
+    assert not difference.excludes_zero
+
+
+def test_pairing_removes_the_noise_the_seeds_share():
+    # Each seed moves both methods by the same amount; DoRA is always 0.1 above, give or take 0.01.
+    shared = [95.0, 97.0, 96.0, 98.0, 94.0]
+    dora = [s + 0.1 + e for s, e in zip(shared, [0.01, -0.01, 0.0, 0.01, -0.01])]
+    difference = paired_difference(dora, shared)
+    assert difference.excludes_zero and difference.ci95[0] > 0.08
+    # Unpaired, the seed-to-seed spread (std 1.6) would swamp a 0.1 difference.
+    assert spread(shared).std > 10 * difference.std
+
+
+def test_paired_difference_needs_pairs():
+    with pytest.raises(ValueError, match="pairs"):
+        paired_difference([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="at least 2"):
+        paired_difference([1.0], [2.0])
+
+
+def test_verdict_says_whether_zero_is_in_the_interval():
+    assert "not distinguishable from zero" in verdict(paired_difference(DORA, LORA), "DoRA", "LoRA")
+    # Differences [-0.5, -0.5, -0.55, -0.55]: mean -0.525, std 0.0289, t(3) = 3.182,
+    # half-width 3.182 * 0.0289 / 2 = 0.0459, interval [-0.571, -0.479].
+    worse = paired_difference([1.0, 1.1, 0.9, 1.0], [1.5, 1.6, 1.45, 1.55])
+    assert worse.ci95 == pytest.approx((-0.5709, -0.4791), abs=1e-4)
+    words = verdict(worse, "DoRA", "LoRA")
+    assert "excludes zero" in words and "LoRA scores higher than DoRA by 0.48 to 0.57 points" in words
+
+
+def test_fit_line_recovers_an_exact_line_and_its_correlation():
+    x = [0.0, 1.0, 2.0, 3.0]
+    line = fit_line(x, [2.0 - 0.5 * xi for xi in x])
+    assert (line.slope, line.intercept, line.n) == (pytest.approx(-0.5), pytest.approx(2.0), 4)
+    assert line.correlation == pytest.approx(-1.0)
+    # A worked example: x = 1..5, y = [2, 4, 5, 4, 5]: Sxy = 6, Sxx = 10, Syy = 6.
+    line = fit_line([1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 4.0, 5.0, 4.0, 5.0])
+    assert line.slope == pytest.approx(0.6) and line.intercept == pytest.approx(2.2)
+    assert line.correlation == pytest.approx(6 / math.sqrt(60))
+    assert fit_line([0.0, 1.0], [3.0, 3.0]).correlation is None  # y constant: r undefined
+
+
+def test_fit_line_needs_two_distinct_x():
+    with pytest.raises(ValueError):
+        fit_line([1.0], [1.0])
+    with pytest.raises(ValueError, match="distinct"):
+        fit_line([1.0, 1.0], [1.0, 2.0])
