@@ -11,15 +11,16 @@
 
 All run in this one process on the same data and weights, interleaved repeat by repeat, so the
 machine's drift hits them alike; the figures are medians. Seconds exclude evaluation and, on CUDA,
-synchronise the device. Memory is what an epoch needs beyond what was resident before it: the
-peak resident set (CPU) or allocated device memory (CUDA) during the epoch, less the amount at its
-start (the MNIST tensors and the model are already there).
+synchronise the device. On CUDA, peak memory is the device memory allocated during each epoch
+(MNIST included); on the CPU the allocator reuses memory from one phase to the next, so only the
+process's peak resident memory is meaningful, and it is printed once.
 """
 
 import argparse
 import contextlib
 import copy
 import io
+import math
 import statistics
 import sys
 import time
@@ -61,13 +62,14 @@ def seeds_epoch(model, loader, config, device):
 
 
 def measure(epoch, model, data, config, device) -> tuple[float, float]:
-    """(seconds, MB needed beyond what was resident) of one epoch on a fresh copy of ``model``."""
+    """(seconds, peak device MB or NaN on the CPU) of one epoch on a fresh copy of ``model``."""
     model = copy.deepcopy(model)
-    resident = memory_mb(device, peak=False)
-    reset_peak_memory(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     start = now(device)
     epoch(model, data, config, device)
-    return now(device) - start, memory_mb(device, peak=True) - resident
+    seconds = now(device) - start
+    return seconds, torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
 
 
 def now(device) -> float:
@@ -76,19 +78,10 @@ def now(device) -> float:
     return time.perf_counter()
 
 
-def reset_peak_memory(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: restart the peak-RSS count (VmHWM)
-
-
-def memory_mb(device, peak: bool) -> float:
-    if device.type == "cuda":
-        return (torch.cuda.max_memory_allocated if peak else torch.cuda.memory_allocated)(device) / 2**20
-    field = "VmHWM:" if peak else "VmRSS:"
+def peak_resident_mb() -> float:
+    """The process's peak resident memory so far (Linux)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field):
+        if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -137,15 +130,18 @@ def report(results: dict, phases: dict, ways: dict) -> None:
     seconds = {key: statistics.median(s for s, _ in runs) for key, runs in results.items() if runs}
     memory = {key: max(mb for _, mb in runs) for key, runs in results.items() if runs}
     print(f"\n{'phase':<9}" + "".join(f"{way + ' s':>11}" for way in ways)
-          + f"{'project/floor':>15}{'seeds/project':>15}{'epoch MB (project)':>20}")
+          + f"{'project/floor':>15}{'seeds/project':>15}{'peak MB (project)':>19}")
     for phase in phases:
         row = f"{phase:<9}" + "".join(f"{seconds.get((way, phase), float('nan')):>11.3f}" for way in ways)
         row += f"{seconds['project', phase] / seconds['floor', phase]:>15.3f}"
         row += f"{seconds.get(('seeds', phase), float('nan')) / seconds['project', phase]:>15.2f}"
-        print(row + f"{memory['project', phase]:>20.1f}")
+        peak = memory["project", phase]
+        print(row + (f"{'-':>19}" if math.isnan(peak) else f"{peak:>19.0f}"))
     for way in ("project", "floor"):
         print(f"DoRA / LoRA epoch ({way}): {seconds[way, 'dora'] / seconds[way, 'lora']:.3f}")
     print("repeats per way: " + ", ".join(f"{way} {len(results[way, 'pretrain'])}" for way in ways))
+    if math.isnan(memory["project", "pretrain"]):
+        print(f"peak resident memory of this process (CPU; all ways and phases): {peak_resident_mb():.0f} MB")
 
 
 if __name__ == "__main__":
