@@ -90,15 +90,22 @@ def loss_panels(summary: dict, phases: list[str]) -> dict[str, list[str]]:
     return panels
 
 
+def panel_grid(n_panels: int, max_cols: int, panel_size: tuple[float, float]) -> tuple[Figure, list]:
+    """A figure with ``n_panels`` axes in one row of up to ``max_cols``, else two columns."""
+    n_cols = n_panels if n_panels <= max_cols else 2
+    n_rows = -(-n_panels // n_cols)
+    width, height = panel_size
+    figure = Figure(figsize=(width * n_cols, height * n_rows + 0.4), layout="constrained")
+    axes = list(figure.subplots(n_rows, n_cols, squeeze=False).flat)
+    for unused in axes[n_panels:]:
+        unused.set_visible(False)
+    return figure, axes[:n_panels]
+
+
 def draw_loss_curves(curves: dict, summary: dict) -> Figure:
     panels = loss_panels(summary, list(curves))
     n_seeds = len(summary["seeds"])
-    n_cols = len(panels) if len(panels) <= 2 else 2
-    n_rows = -(-len(panels) // n_cols)
-    figure = Figure(figsize=(6.5 * n_cols, 4.6 * n_rows + 0.4), layout="constrained")
-    axes = list(figure.subplots(n_rows, n_cols, squeeze=False).flat)
-    for unused in axes[len(panels):]:
-        unused.set_visible(False)
+    figure, axes = panel_grid(len(panels), max_cols=2, panel_size=(6.5, 4.6))
     for ax, (title, phases) in zip(axes, panels.items()):
         by_rank = title.endswith("by rank")
         colors = sequential_colors(len(phases)) if by_rank else [f"C{k}" for k in range(len(phases))]
@@ -184,14 +191,10 @@ def draw_accuracy_vs_rank(summary: dict) -> Figure:
 def draw_dm_dd(summary: dict) -> Figure:
     """The DoRA paper's figure 2 for this run: one panel per method, a marker per layer."""
     fits = summary["decomposition"]
-    n_cols = len(fits) if len(fits) <= 3 else 2
-    n_rows = -(-len(fits) // n_cols)
-    figure = Figure(figsize=(5.2 * n_cols, 4.4 * n_rows + 0.4), layout="constrained")
-    axes = list(figure.subplots(n_rows, n_cols, squeeze=False).flat)
-    for unused in axes[len(fits):]:
-        unused.set_visible(False)
+    figure, axes = panel_grid(len(fits), max_cols=3, panel_size=(5.2, 4.4))
     for ax, (name, line) in zip(axes, fits.items()):
-        points = [point for run in summary["runs"] for point in run["decomposition"][name]["points"]]
+        points = [point for run in summary["runs"] if name in run["decomposition"]  # not where it diverged
+                  for point in run["decomposition"][name]["points"]]
         shapes = summary["runs"][0]["decomposition"][name]["layers"]
         for k, (layer, (n_out, n_in)) in enumerate(shapes.items()):
             mine = [point for point in points if point["layer"] == layer]
