@@ -9,14 +9,13 @@ peft/<method>/                  the adapters in Hugging Face PEFT's format (expo
 import copy
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from loradora.adapters import merge_adapters
 from loradora.checkpoints import load_adapters, load_model, save_adapters, save_model
 from loradora.data import Split
 from loradora.export import export_peft
-from loradora.training import Accuracy, predict
+from loradora.training import accuracy, predict
 
 PRETRAINED = "pretrained.safetensors"
 
@@ -57,10 +56,6 @@ def save_method(tuned: nn.Module, method: str, run_dir: Path, test_data: Split, 
         "reloaded_test_correct": reloaded.correct,
         "files": {f"{name}_bytes": path.stat().st_size for name, path in paths.items()},
     }
-
-
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> Accuracy:
-    return Accuracy(int((logits.argmax(dim=1) == labels).sum()), len(labels))
 
 
 def format_artifacts(methods: dict) -> str:

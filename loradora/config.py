@@ -229,17 +229,15 @@ def validate(config: Config) -> None:
         ("data.test_subset", config.data.test_subset is None or config.data.test_subset >= 1,
          "null or an integer >= 1"),
     ]
+    limit = max_useful_rank(config.model.hidden_sizes)
     for method in ("lora", "dora"):
         adapter = getattr(config, method)
         checks += [
             (f"{method}.rank", adapter.rank >= 1, "an integer >= 1"),
+            (f"{method}.rank", adapter.rank <= limit, f"an integer from 1 to {limit} for this model"),
             (f"{method}.alpha", math.isfinite(adapter.alpha) and adapter.alpha > 0, "a finite number > 0"),
             (f"{method}.scaling", adapter.scaling in SCALINGS, f"one of {', '.join(SCALINGS)}"),
         ]
-    limit = max_useful_rank(config.model.hidden_sizes)
-    for method in ("lora", "dora"):
-        checks.append((f"{method}.rank", getattr(config, method).rank <= limit,
-                       f"an integer from 1 to {limit} for this model"))
     unknown_methods = [m for m in config.finetune.methods if m not in METHODS]
     checks += [
         ("finetune.methods", not unknown_methods, f"a list drawn from {', '.join(METHODS)}"),
@@ -273,6 +271,7 @@ def experiment_checks(config: Config) -> list[tuple[str, bool, str]]:
     """Ranges of the keys that shape an experiment: methods, task, seeds, ranks, analysis."""
     seeds, ranks = config.experiment.seeds, config.experiment.ranks
     methods, every = config.finetune.methods, config.analysis.every_n_batches
+    limit = max_useful_rank(config.model.hidden_sizes)
     return [
         ("finetune.methods", len(set(methods)) == len(methods), "each method at most once"),
         ("finetune.task", config.finetune.task in TASKS, f"one of {', '.join(TASKS)}"),
@@ -282,8 +281,7 @@ def experiment_checks(config: Config) -> list[tuple[str, bool, str]]:
         ("experiment.ranks", ranks is None or (len(ranks) >= 1 and len(set(ranks)) == len(ranks)
                                                and min(ranks) >= 1),
          "null or a non-empty list of distinct integers >= 1"),
-        ("experiment.ranks", ranks is None or max(ranks) <= max_useful_rank(config.model.hidden_sizes),
-         f"ranks up to {max_useful_rank(config.model.hidden_sizes)} for this model"),
+        ("experiment.ranks", ranks is None or max(ranks) <= limit, f"ranks up to {limit} for this model"),
         ("analysis.every_n_batches", every is None or every >= 1, "null or an integer >= 1"),
     ]
 

@@ -58,7 +58,6 @@ def train(model: nn.Module, data: Split, *, epochs: int, batch_size: int, lr: fl
     step = 0
     for epoch in range(1, epochs + 1):
         batches = shuffled_batches(len(data), batch_size, generator, device)
-        loss_sum = torch.zeros((), device=device)
         batch_losses = []
         correct = torch.zeros((), dtype=torch.long, device=device)
         worst_loss = torch.zeros((), device=device)  # torch.maximum keeps a NaN once it has seen one
@@ -73,7 +72,6 @@ def train(model: nn.Module, data: Split, *, epochs: int, batch_size: int, lr: fl
             loss.backward()
             optimizer.step()
             step += 1
-            loss_sum += loss.detach() * len(labels)
             batch_losses.append(loss.detach())
             correct += (logits.argmax(dim=1) == labels).sum()
             worst_loss = torch.maximum(worst_loss, loss.detach())
@@ -87,11 +85,12 @@ def train(model: nn.Module, data: Split, *, epochs: int, batch_size: int, lr: fl
                 checkpoint(step)
                 paused += _now(device) - pause
         seconds = _now(device) - start - paused
+        losses = torch.stack(batch_losses)
+        batch_sizes = torch.tensor([len(indices) for indices in batches], device=device)
         epoch_records.append({"kind": "epoch", "epoch": epoch, "epochs": epochs,
-                              "loss": loss_sum.item() / len(data),
+                              "loss": (losses * batch_sizes).sum().item() / len(data),
                               "train_accuracy": 100.0 * correct.item() / len(data),
-                              "n_train": len(data), "seconds": seconds,
-                              "batch_losses": torch.stack(batch_losses).tolist()})
+                              "n_train": len(data), "seconds": seconds, "batch_losses": losses.tolist()})
         log(epoch_records[-1])
     return epoch_records
 
@@ -104,8 +103,11 @@ def check_divergence(worst_loss: float, max_loss: float, epoch: int, batch: int)
 
 def evaluate(model: nn.Module, data: Split) -> Accuracy:
     """Accuracy over every image of ``data``, not a sample of it."""
-    correct = (predict(model, data.images).argmax(dim=1) == data.labels).sum()
-    return Accuracy(int(correct), len(data))
+    return accuracy(predict(model, data.images), data.labels)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> Accuracy:
+    return Accuracy(int((logits.argmax(dim=1) == labels).sum()), len(labels))
 
 
 @torch.inference_mode()
