@@ -17,6 +17,7 @@ the first seed's models and adapters).
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,10 +29,11 @@ from loradora.artifacts import format_artifacts, save_method, save_pretrained
 from loradora.cache import cache_path, load_pretrained, save_cached
 from loradora.config import Config, ConfigError, load_config, resolve_device, to_dict, to_yaml
 from loradora.data import DataUnavailable, Split, load_mnist
-from loradora.experiment import aggregate, decomposition_result, finetune_variants
+from loradora.experiment import Variant, aggregate, decomposition_result, finetune_variants, variant_groups
 from loradora.methods import prepare
 from loradora.model import MLP
 from loradora.plots import write_plots
+from loradora.population import Population, population_chunks, train_population
 from loradora.report import format_report
 from loradora.results import MetricsLog, OutputUnavailable, create_run_dir, environment, write_atomic, write_json
 from loradora.tasks import shift_split, task_label
@@ -105,23 +107,28 @@ def run(config: Config, device: torch.device, summary: dict, record=lambda r: No
     ``record`` receives every metrics record; ``checkpoint`` is called after each phase, so an
     interruption keeps what has finished. A method that diverges is recorded as such and the others
     still run; a pretraining that diverges leaves nothing to fine-tune. With ``run_dir`` the first
-    seed's models and adapters are saved there too (benchmarks leave it out).
+    seed's models and adapters are saved there too (benchmarks leave it out). With several seeds
+    and ``experiment.population`` other than 1, each phase trains its seeds (and a sweep's ranks)
+    as populations instead of one seed after another (``run_populations``).
     """
     mnist, task = load_data(config, device)
     seeds = config.experiment.seeds or [config.seed]
-    runs = []
+    runs = [{"seed": seed, "methods": {}, "decomposition": {}} for seed in seeds]
 
     def progress():
-        summary.update(aggregate(runs))
+        done = [run for run in runs if run["methods"]]
+        summary.update(aggregate(done))
         checkpoint()
 
-    for i, seed in enumerate(seeds, 1):
+    if len(seeds) > 1 and config.experiment.population != 1:
+        summary["status"] = run_populations(config, runs, mnist, task, device, record, progress, run_dir)
+        return summary
+    for i, (seed, result) in enumerate(zip(seeds, runs), 1):
         if len(seeds) > 1:
             print(f"\n==== seed {seed} ({i} of {len(seeds)})")
-        runs.append({"seed": seed, "methods": {}, "decomposition": {}})
         run_once(config, seed, mnist, task, device, lambda r, seed=seed: record({"seed": seed, **r}),
-                 runs[-1], progress, run_dir if i == 1 else None)
-        if runs[-1]["methods"]["pretrained"]["diverged"]:
+                 result, progress, run_dir if i == 1 else None)
+        if result["methods"]["pretrained"]["diverged"]:
             summary["status"] = "pretraining diverged"
             return summary
     summary["status"] = "complete"
@@ -146,52 +153,147 @@ def load_data(config: Config, device: torch.device) -> tuple[tuple[Split, Split]
 def run_once(config: Config, seed: int, mnist: tuple[Split, Split], task: tuple[Split, Split],
              device: torch.device, record, result: dict, progress, run_dir: Path | None) -> None:
     """One seed: pretrain (or reuse) the base, then fine-tune every variant from it, into ``result``."""
-    methods, decomposition = result["methods"], result["decomposition"]
+    methods = result["methods"]
     torch.manual_seed(seed)
     model = MLP(config.model.hidden_sizes).to(device)
     methods["pretrained"] = pretrain(model, config, seed, *mnist, device, record)
     if methods["pretrained"]["diverged"]:
         return progress()
-    if run_dir is not None:
-        methods["pretrained"].update(save_pretrained(model, run_dir))
-    if config.finetune.task != "same":  # where fine-tuning starts: the base on the shifted test set
-        methods["no_finetune"] = {**score(model, "no_finetune", task[1], [], epochs=0, n_train=0, record=record),
-                                  "trainable_params": 0}
+    after_pretraining(config, [result], [model], task, record, run_dir)
     progress()
 
     for variant in finetune_variants(config):
-        torch.manual_seed(seed)  # every method starts from the same adapter init
-        tuned = prepare(model, variant.method, **variant.adapter)
-        frozen = {name: p.detach().clone() for name, p in tuned.named_parameters() if not p.requires_grad}
-        tracker = DecompositionTracker(tuned) if config.analysis.every_n_batches else None
-        outcome = methods[variant.name] = {**fit(tuned, variant.name, config.finetune, *task, seed, config,
-                                                 record, tracker), **variant.describe()}
-        assert_unchanged(tuned, frozen, variant.name)
-        if not outcome["diverged"]:
-            if tracker is not None:
-                decomposition[variant.name] = decomposition_result(tracker)
-            if run_dir is not None and variant.method in ADAPTERS:
-                outcome.update(save_method(tuned, variant.name, run_dir, task[1], base=model))
+        tuned = start_variant(model, variant, seed, config)
+        outcome = fit(tuned.model, variant.name, config.finetune, *task, seed, config, record, tuned.tracker)
+        finish_variant(result, variant, tuned, outcome, task[1], model, run_dir)
         progress()
+
+
+def run_populations(config: Config, runs: list[dict], mnist: tuple[Split, Split], task: tuple[Split, Split],
+                    device: torch.device, record, progress, run_dir: Path | None) -> str:
+    """``run`` phase by phase: every seed's pretraining, then each fine-tuning method at each rank
+    bucket for every seed, each as populations of ``experiment.population`` models trained at once.
+    Fills ``runs`` as ``run_once`` does for each seed; returns the run's status."""
+    seeds = [result["seed"] for result in runs]
+    bases = pretrain_populations(config, runs, *mnist, device, record)
+    if any(result["methods"]["pretrained"]["diverged"] for result in runs):
+        progress()
+        return "pretraining diverged"
+    after_pretraining(config, runs, bases, task, lambda r: record({"member": True, **r}), run_dir)
+    show_members("no_finetune", [result["methods"]["no_finetune"] | {"kind": "test"} for result in runs
+                                 if "no_finetune" in result["methods"]])
+    progress()
+
+    for variants in variant_groups(config):  # a method, at the ranks of one bucket
+        members = [(i, variant) for variant in variants for i in range(len(runs))]
+        for chunk in population_chunks(members, config.experiment.population, device):
+            tuned = [start_variant(bases[i], variant, seeds[i], config) for i, variant in chunk]
+            outcomes = fit_population([t.model for t in tuned], [variant.name for _, variant in chunk],
+                                      config.finetune, *task, [seeds[i] for i, _ in chunk], config, record,
+                                      [t.tracker for t in tuned])
+            for (i, variant), member, outcome in zip(chunk, tuned, outcomes):
+                finish_variant(runs[i], variant, member, outcome, task[1], bases[0], run_dir if i == 0 else None)
+            progress()
+    order = [variant.name for variant in finetune_variants(config)]
+    for result in runs:  # the table order of a one-seed-at-a-time run
+        result["methods"] = dict(sorted(result["methods"].items(),
+                                        key=lambda item: order.index(item[0]) if item[0] in order else -1))
+    return "complete"
+
+
+def after_pretraining(config: Config, runs: list[dict], bases: list, task: tuple[Split, Split], record,
+                      run_dir: Path | None) -> None:
+    """Save the first seed's base; on a shifted task, score every base on it before fine-tuning."""
+    if run_dir is not None:
+        runs[0]["methods"]["pretrained"].update(save_pretrained(bases[0], run_dir))
+    if config.finetune.task == "same":
+        return
+    for result, model in zip(runs, bases):  # where fine-tuning starts: the base on the shifted test set
+        seed_record = lambda r, seed=result["seed"]: record({"seed": seed, **r})  # noqa: E731
+        result["methods"]["no_finetune"] = {**score(model, "no_finetune", task[1], [], epochs=0, n_train=0,
+                                                    record=seed_record), "trainable_params": 0}
+
+
+@dataclass
+class Tuned:
+    """A variant's model about to be fine-tuned, with what checks and analyses it afterwards."""
+    model: torch.nn.Module
+    frozen: dict              # its frozen parameters as they were, to check they stay bit-identical
+    tracker: DecompositionTracker | None
+
+
+def start_variant(base: torch.nn.Module, variant: Variant, seed: int, config: Config) -> Tuned:
+    torch.manual_seed(seed)  # every method starts from the same adapter init
+    model = prepare(base, variant.method, **variant.adapter)
+    frozen = {name: p.detach().clone() for name, p in model.named_parameters() if not p.requires_grad}
+    return Tuned(model, frozen, DecompositionTracker(model) if config.analysis.every_n_batches else None)
+
+
+def finish_variant(result: dict, variant: Variant, tuned: Tuned, outcome: dict, test_data: Split,
+                   base: torch.nn.Module, run_dir: Path | None) -> None:
+    """Check and record a fine-tuned variant into its seed's ``result``; with ``run_dir``, save it."""
+    outcome = result["methods"][variant.name] = {**outcome, **variant.describe()}
+    assert_unchanged(tuned.model, tuned.frozen, variant.name)
+    if outcome["diverged"]:
+        return
+    if tuned.tracker is not None:
+        result["decomposition"][variant.name] = decomposition_result(tuned.tracker)
+    if run_dir is not None and variant.method in ADAPTERS:
+        outcome.update(save_method(tuned.model, variant.name, run_dir, test_data, base=base))
 
 
 def pretrain(model, config: Config, seed: int, train_data: Split, test_data: Split, device: torch.device,
              record) -> dict:
     """Pretrain ``model`` in place, or load the base an earlier run trained from the same inputs."""
     path = cache_path(config, seed, device) if config.cache.enabled else None
-    cached = load_pretrained(path, model) if path is not None else None
-    if cached is None:
-        records = []
-        result = fit(model, "pretrained", config.pretrain, train_data, test_data, seed, config,
-                     lambda r: (records.append(r), record(r)))
-        if path is not None and not result["diverged"]:
-            save_cached(path, model, [r for r in records if r["kind"] != "test"])
-        return result
+    if path is not None and path.exists():
+        return reuse_pretrained(model, path, config, len(train_data), test_data, record)
+    records = []
+    result = fit(model, "pretrained", config.pretrain, train_data, test_data, seed, config,
+                 lambda r: (records.append(r), record(r)))
+    if path is not None and not result["diverged"]:
+        save_cached(path, model, [r for r in records if r["kind"] != "test"])
+    return result
+
+
+def pretrain_populations(config: Config, runs: list[dict], train_data: Split, test_data: Split,
+                         device: torch.device, record) -> list[torch.nn.Module]:
+    """Every seed's base, pretrained as populations or reused from the cache; the results go into
+    ``runs``. A population's members are cached under a key naming the whole population, since a
+    member's float32 bits depend on which models share its matmuls."""
+    seeds = [result["seed"] for result in runs]
+    bases = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        bases.append(MLP(config.model.hidden_sizes).to(device))
+    for chunk in population_chunks(list(range(len(seeds))), config.experiment.population, device):
+        chunk_seeds = [seeds[i] for i in chunk]
+        paths = [cache_path(config, seed, device, chunk_seeds) for seed in chunk_seeds] if config.cache.enabled else []
+        if paths and all(path.exists() for path in paths):
+            for i, path in zip(chunk, paths):
+                seed_record = lambda r, seed=seeds[i]: record({"seed": seed, **r})  # noqa: E731
+                runs[i]["methods"]["pretrained"] = reuse_pretrained(bases[i], path, config, len(train_data),
+                                                                    test_data, seed_record)
+            continue
+        records = {seed: [] for seed in chunk_seeds}
+        results = fit_population([bases[i] for i in chunk], ["pretrained"] * len(chunk), config.pretrain,
+                                 train_data, test_data, chunk_seeds, config,
+                                 lambda r: (records[r["seed"]].append(r), record(r)))
+        for i, result, path in zip(chunk, results, paths or [None] * len(chunk)):
+            runs[i]["methods"]["pretrained"] = result
+            if path is not None and not result["diverged"]:
+                save_cached(path, bases[i], [r for r in records[seeds[i]] if r["kind"] != "test"])
+    return bases
+
+
+def reuse_pretrained(model, path: Path, config: Config, n_train: int, test_data: Split, record) -> dict:
+    """Load the cached base at ``path`` into ``model``, replay its training records, and test it."""
     print(f"\n== pretrained: reusing pretrained base from {path} (same data, model, pretrain settings, seed)")
+    cached = load_pretrained(path, model)
     for r in cached:
         record({**r, "cached": True})  # its curve, for the plots; show() leaves them unprinted
     epoch_records = [r for r in cached if r["kind"] == "epoch"]
-    result = score(model, "pretrained", test_data, epoch_records, config.pretrain.epochs, len(train_data), record)
+    result = score(model, "pretrained", test_data, epoch_records, config.pretrain.epochs, n_train, record)
     return {**result, "cached": True}
 
 
@@ -202,10 +304,7 @@ def fit(model, phase: str, settings, train_data: Split, test_data: Split, seed: 
     ``tracker``, when given, records the weight decomposition every ``analysis.every_n_batches``
     optimiser steps and after the last one.
     """
-    n_trainable = count_trainable_parameters(model)
-    n_total = sum(p.numel() for p in model.parameters())
-    epochs = f"{settings.epochs} epoch{'' if settings.epochs == 1 else 's'}"
-    print(f"\n== {phase}: {epochs}, {n_trainable:,} of {n_total:,} parameters trainable")
+    print(f"\n== {phase}: {phase_header(model, settings)}")
     generator = torch.Generator().manual_seed(seed)  # every phase sees the same batch order
     try:
         epoch_records = train(model, train_data, epochs=settings.epochs, batch_size=settings.batch_size,
@@ -214,12 +313,63 @@ def fit(model, phase: str, settings, train_data: Split, test_data: Split, seed: 
                               checkpoint=tracker, checkpoint_every=config.analysis.every_n_batches)
     except Diverged as error:
         record({"phase": phase, "kind": "diverged", "message": str(error)})
-        return {"diverged": True, "error": str(error), "test_accuracy": None, "test_correct": None,
-                "n_test": None, "n_train": len(train_data), "trainable_params": n_trainable,
-                "train_seconds": None, "epochs": settings.epochs}
+        return diverged_result(str(error), model, settings, len(train_data))
     if tracker is not None:
         tracker(sum(len(r["batch_losses"]) for r in epoch_records))
     return score(model, phase, test_data, epoch_records, settings.epochs, len(train_data), record)
+
+
+def fit_population(models: list, phases: list[str], settings, train_data: Split, test_data: Split,
+                   seeds: list[int], config: Config, record, trackers: list | None = None) -> list[dict]:
+    """``fit`` for models trained at once as one population: member i is phase ``phases[i]`` of seed
+    ``seeds[i]``. Each member's records go to ``record`` marked ``member`` (metrics.jsonl keeps them
+    all); the console gets one line per logged batch with the members' mean and range instead."""
+    label = ", ".join(dict.fromkeys(phases))
+    print(f"\n== {label}: {phase_header(models[0], settings)}; {len(models)} models at once "
+          f"(seeds {', '.join(map(str, dict.fromkeys(seeds)))})")
+    trackers = trackers or [None] * len(models)
+
+    def log(records: dict[int, dict]) -> None:
+        for i, r in records.items():
+            record({"seed": seeds[i], "phase": phases[i], "member": True, **r})
+        show_members(label, list(records.values()))
+
+    def checkpoint(step: int, alive: list[int]) -> None:
+        for i in alive:
+            if trackers[i] is not None:
+                trackers[i](step)
+
+    runs = train_population(Population(models), train_data, epochs=settings.epochs, batch_size=settings.batch_size,
+                            lr=settings.lr, generators=[torch.Generator().manual_seed(seed) for seed in seeds],
+                            log=log, log_every=config.log.every_n_batches, max_loss=settings.max_loss,
+                            checkpoint=checkpoint, checkpoint_every=config.analysis.every_n_batches)
+    results = []
+    for model, phase, seed, tracker, member in zip(models, phases, seeds, trackers, runs):
+        member_record = lambda r, seed=seed, phase=phase: record({"seed": seed, "phase": phase, "member": True, **r})  # noqa: E731
+        if member.diverged:
+            tqdm.write(f"{phase} (seed {seed}) diverged and was stopped: {member.diverged}; its results are not used")
+            member_record({"kind": "diverged", "message": member.diverged})
+            results.append(diverged_result(member.diverged, model, settings, len(train_data)))
+            continue
+        if tracker is not None:
+            tracker(sum(len(r["batch_losses"]) for r in member.epoch_records))
+        results.append(score(model, phase, test_data, member.epoch_records, settings.epochs, len(train_data),
+                             member_record))
+    show_members(label, [{"kind": "test", **r} for r in results if not r["diverged"]])
+    return results
+
+
+def phase_header(model, settings) -> str:
+    n_trainable = count_trainable_parameters(model)
+    n_total = sum(p.numel() for p in model.parameters())
+    epochs = f"{settings.epochs} epoch{'' if settings.epochs == 1 else 's'}"
+    return f"{epochs}, {n_trainable:,} of {n_total:,} parameters trainable"
+
+
+def diverged_result(error: str, model, settings, n_train: int) -> dict:
+    return {"diverged": True, "error": error, "test_accuracy": None, "test_correct": None, "n_test": None,
+            "n_train": n_train, "trainable_params": count_trainable_parameters(model), "train_seconds": None,
+            "epochs": settings.epochs}
 
 
 def score(model, phase: str, test_data: Split, epoch_records: list[dict], epochs: int, n_train: int,
@@ -249,8 +399,9 @@ def assert_unchanged(model: torch.nn.Module, frozen: dict, phase: str) -> None:
 
 def show(record: dict) -> None:
     """Print a metrics record; batch lines keep the seeds' format. Records replayed from the
-    pretrained cache are not printed again."""
-    if record.get("cached"):
+    pretrained cache are not printed again, nor a population's per-member records (show_members
+    prints those)."""
+    if record.get("cached") or record.get("member"):
         return
     kind, phase = record["kind"], record["phase"]
     if kind == "batch":
@@ -265,6 +416,32 @@ def show(record: dict) -> None:
     else:
         line = f"{phase}: test accuracy {record['test_accuracy']:.2f}% of {record['n_test']:,} images"
     tqdm.write(line)  # through tqdm, so a progress bar on a terminal is not broken up
+
+
+def show_members(label: str, records: list[dict]) -> None:
+    """One line for the same record of every member of a population: the mean, and the range."""
+    if not records:
+        return
+    first = records[0]
+    kind = first["kind"]
+
+    def stat(key: str, fmt: str) -> str:
+        values = [r[key] for r in records]
+        return (f"{sum(values) / len(values):{fmt}} [{min(values):{fmt}}, {max(values):{fmt}}]"
+                if len(values) > 1 else f"{values[0]:{fmt}}")
+
+    of = f"{len(records)} models" if len(records) > 1 else "1 model"
+    if kind == "batch":
+        line = (f"Epoch: {first['epoch']:03d}/{first['epochs']:03d} | Batch {first['batch']:03d}/"
+                f"{first['batches']:03d} | Loss: {stat('loss', '.4f')} (mean [min, max] of {of})")
+    elif kind == "epoch":
+        line = (f"Epoch: {first['epoch']:03d}/{first['epochs']:03d} | {label} train loss {stat('loss', '.4f')} "
+                f"| train accuracy {stat('train_accuracy', '.2f')}% of {first['n_train']:,} | "
+                f"{first['seconds']:.2f} s per model ({of})")
+    else:
+        line = (f"{label}: test accuracy {stat('test_accuracy', '.2f')}% (mean [min, max] of {of}), each of "
+                f"{first['n_test']:,} images")
+    tqdm.write(line)
 
 
 if __name__ == "__main__":

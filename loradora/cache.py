@@ -23,7 +23,9 @@ from loradora.results import cpu_name, write_atomic
 CACHE_FORMAT = 1  # bump when what a cache file holds, or how a base is trained, changes
 
 
-def pretrain_key(config: Config, seed: int, device: torch.device) -> str:
+def pretrain_key(config: Config, seed: int, device: torch.device, population: list[int] | None = None) -> str:
+    """``population``: the seeds of the population the base was trained in, when it was (their
+    number and order change a member's float32 bits, measured); None or one seed: trained alone."""
     inputs = {
         "format": CACHE_FORMAT,
         "train_subset": config.data.train_subset,
@@ -33,6 +35,8 @@ def pretrain_key(config: Config, seed: int, device: torch.device) -> str:
         "seed": seed,
         "numerics": numerics(device),
     }
+    if population is not None and len(population) > 1:
+        inputs["population"] = population
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -48,8 +52,8 @@ def cache_dir(config: Config) -> Path:
     return Path(config.cache.dir) if config.cache.dir is not None else Path(config.output.dir) / ".pretrained_cache"
 
 
-def cache_path(config: Config, seed: int, device: torch.device) -> Path:
-    return cache_dir(config) / f"{pretrain_key(config, seed, device)}.pt"
+def cache_path(config: Config, seed: int, device: torch.device, population: list[int] | None = None) -> Path:
+    return cache_dir(config) / f"{pretrain_key(config, seed, device, population)}.pt"
 
 
 def save_cached(path: Path, model: nn.Module, records: list[dict]) -> None:

@@ -73,6 +73,7 @@ class DoRAConfig(LoRAConfig):
 class ExperimentConfig:
     seeds: list[int] | None = None
     ranks: list[int] | None = None
+    population: int | str = "auto"
 
 
 @dataclass
@@ -179,6 +180,14 @@ def coerce(value, hint, key: str):
             raise ConfigError(f"{key}: is a section, expected a mapping of its keys, got {value!r}")
         return build(hint, value, prefix=key + ".")
     args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) and type(None) not in args:  # "int | str": the first that fits
+        for arg in args:
+            try:
+                return coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {' or '.join(TYPE_NAMES.get(arg, str(arg)) for arg in args)}, "
+                          f"got {value!r}")
     if isinstance(hint, types.UnionType) and type(None) in args:  # "X | None"
         if value is None or value in ("null", "~", "None"):
             return None
@@ -283,6 +292,9 @@ def experiment_checks(config: Config) -> list[tuple[str, bool, str]]:
          "null or a non-empty list of distinct integers >= 1"),
         ("experiment.ranks", ranks is None or max(ranks) <= limit, f"ranks up to {limit} for this model"),
         ("analysis.every_n_batches", every is None or every >= 1, "null or an integer >= 1"),
+        ("experiment.population", config.experiment.population == "auto"
+         or (isinstance(config.experiment.population, int) and config.experiment.population >= 1),
+         "auto or an integer >= 1"),
     ]
 
 

@@ -8,9 +8,12 @@ of each variant pooled over seeds.
 """
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 
 from loradora.adapters import ADAPTERS, lora_scaling
+from loradora.model import N_CLASSES, N_PIXELS
+from loradora.population import rank_buckets
 from loradora.analysis import DecompositionPoint, DecompositionTracker, fit_decomposition
 from loradora.stats import paired_difference, spread, verdict
 
@@ -51,6 +54,20 @@ def finetune_variants(config) -> list[Variant]:
         else:
             variants += [Variant(f"{method}_r{rank}", method, {**settings, "rank": rank}) for rank in ranks]
     return variants
+
+
+def variant_groups(config) -> list[list[Variant]]:
+    """The variants that can train as one population: each baseline alone, each adapter's ranks in
+    buckets of similar cost (``population.rank_buckets``), in ``finetune_variants`` order otherwise."""
+    layer_sizes = [N_PIXELS, *config.model.hidden_sizes, N_CLASSES]
+    groups = []
+    for _, variants in itertools.groupby(finetune_variants(config), key=lambda variant: variant.method):
+        by_rank = {variant.adapter.get("rank"): variant for variant in variants}
+        if len(by_rank) == 1:
+            groups.append(list(by_rank.values()))
+        else:
+            groups += [[by_rank[rank] for rank in bucket] for bucket in rank_buckets(list(by_rank), layer_sizes)]
+    return groups
 
 
 def aggregate(runs: list[dict]) -> dict:
