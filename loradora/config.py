@@ -33,6 +33,8 @@ class DataConfig:
     download: bool = True
     train_subset: int | None = None
     test_subset: int | None = None
+    validation_size: int = 0
+    validation_seed: int = 0
 
 
 @dataclass
@@ -74,6 +76,9 @@ class ExperimentConfig:
     seeds: list[int] | None = None
     ranks: list[int] | None = None
     population: int | str = "auto"
+    lrs: list[float] | None = None
+    tuning_seeds: list[int] | None = None
+    margin: float = 0.05
 
 
 @dataclass
@@ -279,6 +284,7 @@ def is_plain_name(name: str | None) -> bool:
 def experiment_checks(config: Config) -> list[tuple[str, bool, str]]:
     """Ranges of the keys that shape an experiment: methods, task, seeds, ranks, analysis."""
     seeds, ranks = config.experiment.seeds, config.experiment.ranks
+    lrs, tuning = config.experiment.lrs, config.experiment.tuning_seeds
     methods, every = config.finetune.methods, config.analysis.every_n_batches
     limit = max_useful_rank(config.model.hidden_sizes)
     return [
@@ -292,6 +298,19 @@ def experiment_checks(config: Config) -> list[tuple[str, bool, str]]:
          "null or a non-empty list of distinct integers >= 1"),
         ("experiment.ranks", ranks is None or max(ranks) <= limit, f"ranks up to {limit} for this model"),
         ("analysis.every_n_batches", every is None or every >= 1, "null or an integer >= 1"),
+        ("data.validation_size", config.data.validation_size >= 0, "an integer >= 0 (0: no validation split)"),
+        ("data.validation_size", config.data.validation_size < (config.data.train_subset or 60_000),
+         "fewer images than the training set holds (60,000, or data.train_subset)"),
+        ("experiment.lrs", lrs is None or (len(lrs) >= 1 and all(math.isfinite(lr) and lr > 0 for lr in lrs)
+                                           and len(set(lrs)) == len(lrs)),
+         "null or a non-empty list of distinct finite numbers > 0"),
+        ("experiment.lrs", lrs is None or config.data.validation_size > 0,
+         "null unless data.validation_size > 0: rates are chosen on the validation split, never the test set"),
+        ("experiment.tuning_seeds", tuning is None or (len(tuning) >= 1 and len(set(tuning)) == len(tuning)),
+         "null (every seed) or a non-empty list of distinct integers"),
+        ("experiment.tuning_seeds", tuning is None or lrs is not None, "null unless experiment.lrs is set"),
+        ("experiment.margin", math.isfinite(config.experiment.margin) and config.experiment.margin > 0,
+         "a finite number > 0 (accuracy points)"),
         ("experiment.population", config.experiment.population == "auto"
          or (isinstance(config.experiment.population, int) and config.experiment.population >= 1),
          "auto or an integer >= 1"),

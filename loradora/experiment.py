@@ -70,7 +70,7 @@ def variant_groups(config) -> list[list[Variant]]:
     return groups
 
 
-def aggregate(runs: list[dict]) -> dict:
+def aggregate(runs: list[dict], margin: float = 0.05) -> dict:
     """The summary's results from per-seed runs ({"seed", "methods", "decomposition"} each).
 
     One seed: "methods" is that seed's, unchanged. Several: each method's test accuracy becomes the
@@ -83,7 +83,7 @@ def aggregate(runs: list[dict]) -> dict:
     return {
         "seeds": [run["seed"] for run in runs],
         "methods": methods,
-        "comparisons": compare_adapters(runs),
+        "comparisons": compare_adapters(runs, margin),
         "decomposition": pool_decomposition(runs),
         "runs": runs,
     }
@@ -111,22 +111,37 @@ def adapter_pairs(names: list[str]) -> list[tuple[str, str]]:
             if name.startswith("dora") and "lora" + name.removeprefix("dora") in names]
 
 
-def compare_adapters(runs: list[dict]) -> dict:
-    """DoRA - LoRA test accuracy, paired by seed, per rank; empty with fewer than 2 seeds."""
+def compare_adapters(runs: list[dict], margin: float = 0.05) -> dict:
+    """DoRA - LoRA test accuracy, paired by seed, per rank; empty with fewer than 2 seeds.
+
+    A rank sweep asks its question once per rank, so its intervals are Bonferroni-adjusted for the
+    number of ranks (``stats.paired_difference``); variants at the shared lr ("@shared") are a
+    family of their own.
+    """
     comparisons = {}
-    for dora, lora in adapter_pairs(list(runs[0]["methods"])):
+    pairs = adapter_pairs(list(runs[0]["methods"]))
+    family_size = {pair: sum(family(other) == family(pair[0]) for other, _ in pairs) for pair in pairs}
+    for dora, lora in pairs:
         paired = [run["methods"] for run in runs if finished(run["methods"], dora) and finished(run["methods"], lora)]
         if len(paired) < 2:
             continue
         difference = paired_difference([methods[dora]["test_accuracy"] for methods in paired],
-                                       [methods[lora]["test_accuracy"] for methods in paired])
+                                       [methods[lora]["test_accuracy"] for methods in paired],
+                                       comparisons=family_size[dora, lora])
         ranks = {"dora": runs[0]["methods"][dora]["rank"], "lora": runs[0]["methods"][lora]["rank"]}
+        names = (f"DoRA (rank {ranks['dora']})", f"LoRA (rank {ranks['lora']})") \
+            if ranks["dora"] != ranks["lora"] else ("DoRA", "LoRA")
         comparisons[f"{dora} - {lora}"] = {
-            **difference.to_dict(), "unit": "accuracy points", "ranks": ranks,
-            "verdict": verdict(difference, f"DoRA (rank {ranks['dora']})", f"LoRA (rank {ranks['lora']})")
-            if ranks["dora"] != ranks["lora"] else verdict(difference, "DoRA", "LoRA"),
+            **difference.to_dict(), "unit": "accuracy points", "ranks": ranks, "margin": margin,
+            "adjustment": f"Bonferroni over {family_size[dora, lora]} ranks" if family_size[dora, lora] > 1 else None,
+            "verdict": verdict(difference, *names, margin=margin),
         }
     return comparisons
+
+
+def family(name: str) -> str:
+    """The lr family of a variant name: "" for the tuned (or only) runs, "@shared" for the shared lr."""
+    return name.partition("@")[2]
 
 
 def finished(methods: dict, name: str) -> bool:

@@ -243,7 +243,8 @@ class MemberRun:
     diverged: str | None = None  # the divergence message, when its loss went non-finite or above max_loss
 
 
-def train_population(population: Population, data: Split, *, epochs: int, batch_size: int, lr: float,
+def train_population(population: Population, data: Split, *, epochs: int, batch_size: int,
+                     lr: float | Sequence[float],
                      generators: Sequence[torch.Generator], log: Callable[[dict[int, dict]], None],
                      log_every: int, max_loss: float = math.inf,
                      checkpoint: Callable[[int, list[int]], None] | None = None,
@@ -256,14 +257,14 @@ def train_population(population: Population, data: Split, *, epochs: int, batch_
     receives {member index: record} at every ``log_every``-th batch and at each epoch's end. A
     member whose worst loss so far is non-finite or above ``max_loss`` at a logged batch is
     diverged: it is taken out of the population (its weights as they were) and the others go on.
-    ``checkpoint(step, alive)`` runs after every ``checkpoint_every``-th step with the members
+    ``lr`` is one rate for every member or one per member. ``checkpoint(step, alive)`` runs after every ``checkpoint_every``-th step with the members
     written back into their modules; ``alive`` lists the indices still training. The members'
     modules hold their trained weights when this returns.
     """
     device = data.images.device
     runs = [MemberRun([]) for _ in range(len(population))]
     alive = list(range(len(population)))
-    trainer = _Trainer(population, lr)
+    trainer = _Trainer(population, list(lr) if isinstance(lr, Sequence) else [lr] * len(population))
     step = 0
     for epoch in range(1, epochs + 1):
         # (steps, N, batch) indices: each member's own permutation, split into the same batch sizes
@@ -320,16 +321,23 @@ def train_population(population: Population, data: Split, *, epochs: int, batch_
 
 
 class _Trainer:
-    """One fused Adam over the population's stacked parameters, and the step that uses it."""
+    """Adam over the population's stacked parameters, and the step that uses it.
 
-    def __init__(self, population: Population, lr: float):
-        self.population, self.lr = population, lr
-        # fused, as training.train: elementwise, so one Adam over stacked tensors is N Adams
-        self.optimizer = torch.optim.Adam(self._parameters(), lr=lr, fused=True)
+    One rate for all members: torch's fused Adam, as ``training.train`` uses (elementwise, so one
+    Adam over stacked tensors is N Adams). A rate per member (a learning-rate grid trained as one
+    population): ``MemberAdam``, the same update with the rate broadcast over the member dimension.
+    """
+
+    def __init__(self, population: Population, lrs: list[float]):
+        self.population, self.lrs = population, lrs
+        self.optimizer = self._optimizer()
         population.train()
 
-    def _parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.population.parameters() if p.requires_grad]
+    def _optimizer(self):
+        parameters = [p for p in self.population.parameters() if p.requires_grad]
+        if len(set(self.lrs)) == 1:
+            return torch.optim.Adam(parameters, lr=self.lrs[0], fused=True)
+        return MemberAdam(parameters, self.lrs)
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step on (N, batch, 784) images; returns each member's loss (N,) and the logits."""
@@ -348,16 +356,53 @@ class _Trainer:
         """Drop every member not in ``rows``: write all back, restack the kept ones, carry their Adam state."""
         old, old_optimizer = self.population, self.optimizer
         old.write_back()
-        old_parameters = self._parameters()
+        old_parameters = [p for p in old.parameters() if p.requires_grad]
         self.population = Population([old.members[j] for j in rows], norm=_norm(old))
-        self.optimizer = torch.optim.Adam(self._parameters(), lr=self.lr, fused=True)
+        self.lrs = [self.lrs[j] for j in rows]
+        self.optimizer = self._optimizer()
+        new_parameters = [p for p in self.population.parameters() if p.requires_grad]
         index = torch.tensor(rows, device=old_parameters[0].device)
-        for old_p, new_p in zip(old_parameters, self._parameters()):
+        for old_p, new_p in zip(old_parameters, new_parameters):
             if old_p in old_optimizer.state:  # "step" is shared by all members; the moments are per member
                 self.optimizer.state[new_p] = {key: value.clone() if key == "step" else value[index].clone()
                                                for key, value in old_optimizer.state[old_p].items()}
         self.population.train()
         return self.population
+
+
+class MemberAdam:
+    """Adam with one learning rate per member (dim 0 of every parameter), torch's update written out:
+
+        m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g^2;  p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
+
+    with torch's defaults b1 = 0.9, b2 = 0.999, eps = 1e-8 (Kingma & Ba 2015, algorithm 1, as
+    torch.optim.Adam orders it). Tests hold it to torch's fused Adam member by member.
+    """
+
+    def __init__(self, parameters: list[nn.Parameter], lrs: list[float], betas=(0.9, 0.999), eps: float = 1e-8):
+        self.parameters, self.betas, self.eps = parameters, betas, eps
+        self.lrs = torch.tensor(lrs, dtype=parameters[0].dtype, device=parameters[0].device)
+        self.state: dict = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.parameters:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        beta1, beta2 = self.betas
+        for p in self.parameters:
+            if p.grad is None:
+                continue
+            state = self.state.setdefault(p, {"step": torch.zeros(()), "exp_avg": torch.zeros_like(p),
+                                              "exp_avg_sq": torch.zeros_like(p)})
+            state["step"] += 1
+            t = state["step"].item()
+            state["exp_avg"].lerp_(p.grad, 1 - beta1)
+            state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+            denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2**t)).add_(self.eps)
+            step_size = (self.lrs / (1 - beta1**t)).view(-1, *[1] * (p.dim() - 1))
+            p.sub_(step_size * state["exp_avg"] / denom)
 
 
 def _norm(population: Population) -> str:

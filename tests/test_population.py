@@ -2,17 +2,22 @@
 LoRALinear/DoRALinear, the one source of truth for the adapter math (synthetic data, no MNIST)."""
 
 import copy
+import json
 import math
 
 import pytest
 import torch
 from torch import nn
 
+import dora_example
+from conftest import REPO
 from loradora.adapters import DoRALinear, LoRALinear, row_norms
 from loradora.data import Split
 from loradora.methods import prepare
 from loradora.model import MLP
-from loradora.population import Population, StackedDoRA, train_population
+from loradora.cache import pretrain_key
+from loradora.config import load_config
+from loradora.population import Population, StackedDoRA, population_chunks, rank_buckets, train_population
 from loradora.training import train
 
 SEEDS = (1, 2, 3)
@@ -162,3 +167,93 @@ def test_same_inputs_give_the_same_bits():
     first, _ = losses_together(members(CASES[5], torch.float32), data, epochs=1)
     second, _ = losses_together(members(CASES[5], torch.float32), data, epochs=1)
     assert first == second and all(math.isfinite(loss) for losses in first for loss in losses)
+
+
+# ---- the pipeline in population mode, on a slice of MNIST ----
+
+def tiny_run(tmp_path, mnist_root, name, *overrides) -> tuple[dict, list[dict]]:
+    """dora_example on 512 training images and 200 test images; its summary and metrics records."""
+    argv = ["--config", str(REPO / "configs" / "smoke.yaml"), f"data.root={mnist_root}", f"output.dir={tmp_path}",
+            f"output.run_name={name}", "data.train_subset=512", "data.test_subset=200", "finetune.epochs=1",
+            "experiment.seeds=[1, 2, 3]", "log.every_n_batches=1", *overrides]
+    dora_example.main(argv)
+    run = tmp_path / name
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return json.loads((run / "summary.json").read_text()), records
+
+
+def batch_losses(records: list[dict]) -> dict:
+    return {(r["seed"], r["phase"], r["epoch"], r["batch"]): r["loss"] for r in records if r["kind"] == "batch"}
+
+
+def test_a_population_run_matches_one_model_at_a_time(tmp_path, mnist_root, capsys):
+    together, together_records = tiny_run(tmp_path, mnist_root, "auto", "finetune.methods=[lora, dora, head]",
+                                          "cache.enabled=false")
+    out = capsys.readouterr().out
+    alone, alone_records = tiny_run(tmp_path, mnist_root, "one", "finetune.methods=[lora, dora, head]",
+                                    "cache.enabled=false", "experiment.population=1")
+    assert "3 models at once (seeds 1, 2, 3)" in out and "(mean [min, max] of 3 models)" in out
+    assert together["status"] == alone["status"] == "complete"
+    assert list(together["methods"]) == list(alone["methods"]) == ["pretrained", "lora", "dora", "head"]
+    assert [run["seed"] for run in together["runs"]] == [1, 2, 3]
+    # float32: each member's first 8 pretraining steps as alone (to 1e-6), every logged loss close
+    first, second = batch_losses(together_records), batch_losses(alone_records)
+    assert first.keys() == second.keys()
+    for key, loss in first.items():
+        bound = 1e-6 if key[1] == "pretrained" and key[3] < 8 else 0.05
+        assert loss == pytest.approx(second[key], rel=bound), key
+    # train s is the population's time shared out: every member of a population gets the same
+    for method in together["methods"]:
+        seconds = {run["methods"][method]["train_seconds"] for run in together["runs"]}
+        assert len(seconds) == 1, method
+
+
+def test_in_a_population_a_diverging_method_stops_and_the_others_run(tmp_path, mnist_root):
+    summary, records = tiny_run(tmp_path, mnist_root, "r", "lora.alpha=1.0e6", "dora.alpha=1.0e6")
+    assert summary["status"] == "complete"
+    for run in summary["runs"]:
+        assert run["methods"]["lora"]["diverged"] and "max_loss" in run["methods"]["lora"]["error"]
+        assert not run["methods"]["dora"]["diverged"] and run["methods"]["dora"]["n_test"] == 200
+    assert sum(r["kind"] == "diverged" for r in records) == 3
+
+
+def test_a_population_base_is_cached_under_its_population(tmp_path, mnist_root, capsys):
+    first, first_records = tiny_run(tmp_path, mnist_root, "first", "finetune.methods=[lora]")
+    assert "reusing" not in capsys.readouterr().out
+    again, again_records = tiny_run(tmp_path, mnist_root, "again", "finetune.methods=[lora]")
+    assert capsys.readouterr().out.count("reusing pretrained base") == 3
+    assert [run["methods"]["pretrained"]["test_accuracy"] for run in again["runs"]] == \
+        [run["methods"]["pretrained"]["test_accuracy"] for run in first["runs"]]
+    assert batch_losses(again_records) == batch_losses(first_records)  # a hit is bit-identical
+    tiny_run(tmp_path, mnist_root, "two", "finetune.methods=[lora]", "experiment.seeds=[1, 2]")
+    assert "reusing" not in capsys.readouterr().out  # another population: other bits, another key
+    key = pretrain_key(load_config(), 1, torch.device("cpu"))
+    assert pretrain_key(load_config(), 1, torch.device("cpu"), [1]) == key
+    assert pretrain_key(load_config(), 1, torch.device("cpu"), [1, 2]) != key
+    assert pretrain_key(load_config(), 1, torch.device("cpu"), [1, 2]) != \
+        pretrain_key(load_config(), 1, torch.device("cpu"), [1, 2, 3])
+
+
+def test_buckets_and_chunks():
+    assert rank_buckets([64, 1, 2, 4, 8, 16, 32], [784, 128, 256, 10]) == [[1, 2, 4, 8, 16, 32], [64]]
+    assert rank_buckets([4], [784, 128, 256, 10]) == [[4]]
+    cpu = torch.device("cpu")
+    assert [len(c) for c in population_chunks(list(range(40)), "auto", cpu)] == [20, 20]
+    assert [len(c) for c in population_chunks(list(range(5)), 2, cpu)] == [2, 2, 1]
+    assert population_chunks([1, 2, 3], "auto", cpu) == [[1, 2, 3]]
+
+
+def test_a_rate_per_member_trains_each_as_adam_at_its_rate_alone():
+    data = synthetic(50 * BATCH, torch.float64)
+    rates = [1e-3, 3e-3, 5e-4]
+    case = ("dora", {"alpha": 8.0}, (1, 4, 8))
+    alone = []
+    for model, seed, rate in zip(members(case, torch.float64), SEEDS, rates):
+        records = train(model, data, epochs=4, batch_size=BATCH, lr=rate, generator=torch.Generator().manual_seed(seed),
+                        log=lambda record: None, log_every=10)
+        alone.append([loss for record in records for loss in record["batch_losses"]])
+    runs = train_population(Population(members(case, torch.float64)), data, epochs=4, batch_size=BATCH, lr=rates,
+                            generators=[torch.Generator().manual_seed(seed) for seed in SEEDS],
+                            log=lambda records: None, log_every=10)
+    together = [[loss for record in run.epoch_records for loss in record["batch_losses"]] for run in runs]
+    assert worst_relative(alone, together) <= 1e-12

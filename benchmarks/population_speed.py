@@ -1,0 +1,202 @@
+"""Population training against one model after another, measured side by side.
+
+    python benchmarks/population_speed.py epochs [--sizes 1 5 20 32 50] [--repeats 3]
+    python benchmarks/population_speed.py runs [--repeats 1] [--sweep]
+
+epochs  One epoch of pretraining, LoRA and DoRA (rank 4) per member, for populations of each size,
+        against the compute floor: the epoch's FLOPs (counted by torch's FlopCounterMode on one
+        step) divided by the rate of a large matrix product measured in the same run. Also DoRA's
+        two exact norm paths (direct and expanded) at each size, and DoRA / LoRA through
+        add_adapters for one model (the project's loop).
+runs    Whole runs of dora_example.py, each in a fresh process (wall time from outside, peak
+        resident memory from the child): 20 seeds of LoRA and DoRA, 1 fine-tuning epoch, cache off,
+        with experiment.population auto against 1; with --sweep also configs/rank_sweep.yaml.
+        Prints the speed-up, the mean accuracies of both, DoRA / LoRA train s per member, and peak
+        memory.
+
+Sides alternate repeat by repeat and each keeps its fastest run: other jobs on shared cores only
+ever slow a run down (torch's threads collapse under contention), so the fastest is the least
+disturbed. Timing excludes evaluation and synchronises the GPU.
+"""
+
+import argparse
+import copy
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from loradora.config import load_config, resolve_device  # noqa: E402
+from loradora.data import load_mnist  # noqa: E402
+from loradora.methods import prepare  # noqa: E402
+from loradora.model import MLP  # noqa: E402
+from loradora.population import Population, train_population  # noqa: E402
+from loradora.training import train  # noqa: E402
+
+PHASES = ("pretrain", "lora", "dora")
+
+
+def members(phase: str, n: int, config, device) -> list[torch.nn.Module]:
+    models = []
+    for seed in range(1, n + 1):
+        torch.manual_seed(seed)
+        base = MLP(config.model.hidden_sizes).to(device)
+        models.append(base if phase == "pretrain" else prepare(base, phase, **vars(getattr(config, phase))))
+    return models
+
+
+def population_epoch(models, data, config, norm: str = "direct") -> float:
+    """Seconds per member of one epoch of ``models`` trained as one population."""
+    start = now(data.images.device)
+    train_population(Population(models, norm=norm), data, epochs=1, batch_size=config.finetune.batch_size,
+                     lr=config.finetune.lr, generators=[torch.Generator().manual_seed(i) for i in range(len(models))],
+                     log=lambda records: None, log_every=10**9)
+    return (now(data.images.device) - start) / len(models)
+
+
+def single_epoch(model, data, config) -> float:
+    """Seconds of one epoch of ``model`` through the project's loop (training.train)."""
+    start = now(data.images.device)
+    train(model, data, epochs=1, batch_size=config.finetune.batch_size, lr=config.finetune.lr,
+          generator=torch.Generator().manual_seed(0), log=lambda record: None, log_every=10**9)
+    return now(data.images.device) - start
+
+
+def step_flops(model, data, batch_size: int) -> int:
+    """FLOPs of one training step (forward and backward) of one model, counted by torch."""
+    model = copy.deepcopy(model)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(data.images[:batch_size]), data.labels[:batch_size]).backward()
+    return counter.get_total_flops()
+
+
+def matmul_rate(device, size: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of a large float32 matrix product on ``device``: the best of ``repeats``."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = now(device)
+        a @ b
+        best = min(best, now(device) - start)
+    return 2 * size**3 / best
+
+
+def now(device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def epochs_benchmark(args) -> None:
+    config = load_config(REPO / "configs" / "default.yaml", args.overrides)
+    device = resolve_device(config.device)
+    data = load_mnist(REPO / config.data.root, train=True, device=device, subset=config.data.train_subset)
+    print(f"torch {torch.__version__} on {device_name(device)}; {len(data):,} images, batch "
+          f"{config.finetune.batch_size}, rank {config.lora.rank}; fastest of {args.repeats} per cell")
+    steps = -(-len(data) // config.finetune.batch_size)
+    flops = {phase: step_flops(members(phase, 1, config, device)[0], data, config.finetune.batch_size) * steps
+             for phase in PHASES}
+    ways = [(phase, n, "direct") for phase in PHASES for n in args.sizes]
+    ways += [("dora", n, "expanded") for n in args.sizes]
+    best = {way: float("inf") for way in ways}
+    alone = {phase: float("inf") for phase in ("lora", "dora")}
+    rate = 0.0
+    for repeat in range(args.repeats):  # alternate every cell within a repeat
+        rate = max(rate, matmul_rate(device))
+        for way in ways:
+            phase, n, norm = way
+            best[way] = min(best[way], population_epoch(members(phase, n, config, device), data, config, norm))
+        for phase in alone:
+            alone[phase] = min(alone[phase], single_epoch(members(phase, 1, config, device)[0], data, config))
+        print(f"repeat {repeat + 1} done", file=sys.stderr, flush=True)
+
+    print(f"\nlarge matmul (2048^2, float32): {rate / 1e9:.1f} GFLOP/s")
+    print(f"{'phase':<8}{'norm':<10}{'N':>5}{'s/member':>10}{'speed-up':>10}{'GFLOP/s':>9}{'floor s':>9}"
+          f"{'s / floor':>10}")
+    for phase, n, norm in ways:
+        seconds = best[phase, n, norm]
+        floor = flops[phase] / rate
+        speedup = best[phase, 1, "direct"] / seconds
+        print(f"{phase:<8}{norm if phase == 'dora' else '-':<10}{n:>5}{seconds:>10.3f}{speedup:>9.2f}x"
+              f"{flops[phase] / seconds / 1e9:>9.1f}{floor:>9.3f}{seconds / floor:>10.2f}")
+    for n in args.sizes:
+        dora = min(best["dora", n, "direct"], best["dora", n, "expanded"])
+        print(f"DoRA / LoRA per member at N={n}: {dora / best['lora', n, 'direct']:.3f} "
+              f"(direct {best['dora', n, 'direct'] / best['lora', n, 'direct']:.3f}, "
+              f"expanded {best['dora', n, 'expanded'] / best['lora', n, 'direct']:.3f})")
+    print(f"DoRA / LoRA for one model through add_adapters (training.train): {alone['dora'] / alone['lora']:.3f}")
+
+
+def whole_run(overrides: list[str]) -> dict:
+    """One dora_example.py run in a fresh process: wall seconds, peak resident MB, and its summary."""
+    with tempfile.TemporaryDirectory() as out:
+        wrapper = ("import runpy, sys\n"
+                   f"sys.argv = ['dora_example.py', *{overrides + ['output.dir=' + out, 'output.run_name=run']!r}]\n"
+                   "try:\n    runpy.run_path('dora_example.py', run_name='__main__')\n"
+                   "except SystemExit as done:\n    assert not done.code, done.code\n"
+                   "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+                   "print('PEAK_KB', hwm)\n")
+        start = time.perf_counter()
+        output = subprocess.run([sys.executable, "-c", wrapper], cwd=REPO, capture_output=True, text=True, check=True)
+        seconds = time.perf_counter() - start
+        summary = json.loads((Path(out) / "run" / "summary.json").read_text())
+    peak_kb = int(output.stdout.rsplit("PEAK_KB", 1)[1])
+    return {"seconds": seconds, "peak_mb": peak_kb / 1024, "summary": summary}
+
+
+def runs_benchmark(args) -> None:
+    seeds = "experiment.seeds=[" + ", ".join(map(str, range(1, 21))) + "]"
+    runs = {"20 seeds, lora+dora, 1 epoch": [seeds, "finetune.methods=[lora, dora]", "finetune.epochs=1",
+                                              "cache.enabled=false"]}
+    if args.sweep:
+        runs["configs/rank_sweep.yaml"] = ["--config", "configs/rank_sweep.yaml", "cache.enabled=false"]
+    for name, overrides in runs.items():
+        results = {"auto": [], "1": []}
+        for _ in range(args.repeats):
+            for side in results:
+                results[side].append(whole_run([*overrides, f"experiment.population={side}"]))
+                print(f"{name}, population={side}: {results[side][-1]['seconds']:.1f} s", file=sys.stderr, flush=True)
+        fastest = {side: min(r, key=lambda r: r["seconds"]) for side, r in results.items()}
+        print(f"\n{name}: population auto {fastest['auto']['seconds']:.1f} s, one at a time "
+              f"{fastest['1']['seconds']:.1f} s: {fastest['1']['seconds'] / fastest['auto']['seconds']:.2f}x faster; "
+              f"peak memory {fastest['auto']['peak_mb']:.0f} MB against {fastest['1']['peak_mb']:.0f} MB")
+        methods = {side: fastest[side]["summary"]["methods"] for side in fastest}
+        for method in methods["auto"]:
+            a, b = methods["auto"][method], methods["1"][method]
+            print(f"  {method:<10} accuracy {a['test_accuracy']:.2f}% vs {b['test_accuracy']:.2f}% "
+                  f"({a['test_accuracy'] - b['test_accuracy']:+.2f}); train s per model {a['train_seconds']:.2f} "
+                  f"vs {b['train_seconds']:.2f}")
+        for side in methods:
+            lora, dora = (methods[side].get(m, {}).get("train_seconds") for m in ("lora", "dora"))
+            if lora and dora:
+                print(f"  DoRA / LoRA train s per model, population={side}: {dora / lora:.3f}")
+
+
+def device_name(device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    epochs = commands.add_parser("epochs", help="per-member epoch time by population size, against the floor")
+    epochs.add_argument("--sizes", type=int, nargs="+", default=[1, 5, 20, 32, 50])
+    epochs.add_argument("--repeats", type=int, default=3)
+    epochs.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    runs = commands.add_parser("runs", help="whole runs, population auto against 1")
+    runs.add_argument("--repeats", type=int, default=1)
+    runs.add_argument("--sweep", action="store_true", help="also configs/rank_sweep.yaml (minutes)")
+    args = parser.parse_args()
+    epochs_benchmark(args) if args.command == "epochs" else runs_benchmark(args)
+
+
+if __name__ == "__main__":
+    main()
