@@ -16,6 +16,8 @@ the first seed's models and adapters).
 """
 
 import argparse
+import dataclasses
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,16 +27,17 @@ from tqdm import tqdm
 
 from loradora.adapters import ADAPTERS, count_trainable_parameters
 from loradora.analysis import DecompositionTracker
-from loradora.artifacts import format_artifacts, save_method, save_pretrained
+from loradora.artifacts import ARTIFACT_FIELDS, format_artifacts, save_method, save_pretrained
 from loradora.cache import cache_path, load_pretrained, save_cached
 from loradora.config import Config, ConfigError, load_config, resolve_device, to_dict, to_yaml
-from loradora.data import DataUnavailable, Split, load_mnist
-from loradora.experiment import Variant, aggregate, decomposition_result, finetune_variants, variant_groups
+from loradora.data import DataUnavailable, Split, hold_out, load_mnist
+from loradora.experiment import (Variant, aggregate, choose_rate, decomposition_result, finetune_variants,
+                                 variant_groups)
 from loradora.methods import prepare
 from loradora.model import MLP
 from loradora.plots import write_plots
 from loradora.population import Population, population_chunks, train_population
-from loradora.report import format_report
+from loradora.report import format_report, format_tuning
 from loradora.results import MetricsLog, OutputUnavailable, create_run_dir, environment, write_atomic, write_json
 from loradora.tasks import shift_split, task_label
 from loradora.training import Diverged, evaluate, train, use_deterministic_algorithms
@@ -117,11 +120,11 @@ def run(config: Config, device: torch.device, summary: dict, record=lambda r: No
 
     def progress():
         done = [run for run in runs if run["methods"]]
-        summary.update(aggregate(done))
+        summary.update(aggregate(done, config.experiment.margin))
         checkpoint()
 
-    if len(seeds) > 1 and config.experiment.population != 1:
-        summary["status"] = run_populations(config, runs, mnist, task, device, record, progress, run_dir)
+    if config.experiment.lrs or (len(seeds) > 1 and config.experiment.population != 1):
+        summary["status"] = run_populations(config, runs, summary, mnist, task, device, record, progress, run_dir)
         return summary
     for i, (seed, result) in enumerate(zip(seeds, runs), 1):
         if len(seeds) > 1:
@@ -135,28 +138,39 @@ def run(config: Config, device: torch.device, summary: dict, record=lambda r: No
     return summary
 
 
-def load_data(config: Config, device: torch.device) -> tuple[tuple[Split, Split], tuple[Split, Split]]:
-    """(train, test) of MNIST for pretraining, and (train, test) of the fine-tuning task."""
+@dataclass
+class Splits:
+    train: Split
+    test: Split
+    validation: Split | None  # held out of the training images (data.validation_size), or None
+
+
+def load_data(config: Config, device: torch.device) -> tuple[Splits, Splits]:
+    """MNIST for pretraining, and the same images as the fine-tuning task sees them."""
     options = dict(root=config.data.root, device=device, download=config.data.download)
-    mnist = (load_mnist(train=True, subset=config.data.train_subset, **options),
-             load_mnist(train=False, subset=config.data.test_subset, **options))
-    print(f"MNIST: {len(mnist[0]):,} training and {len(mnist[1]):,} test images, on {device}")
+    train_data = load_mnist(train=True, subset=config.data.train_subset, **options)
+    validation = None
+    if config.data.validation_size:
+        train_data, validation = hold_out(train_data, config.data.validation_size, config.data.validation_seed)
+    mnist = Splits(train_data, load_mnist(train=False, subset=config.data.test_subset, **options), validation)
+    held = f", {len(validation):,} held out for validation" if validation is not None else ""
+    print(f"MNIST: {len(mnist.train):,} training{held} and {len(mnist.test):,} test images, on {device}")
     settings = config.finetune
-    task = tuple(shift_split(split, settings.task, settings.rotate_degrees, settings.permutation_seed)
-                 for split in mnist)
+    shift = lambda split: split and shift_split(split, settings.task, settings.rotate_degrees,  # noqa: E731
+                                                settings.permutation_seed)
     if settings.task != "same":
         print(f"fine-tuning task: {task_label(settings.task, settings.rotate_degrees, settings.permutation_seed)}"
-              f", training and test images alike")
-    return mnist, task
+              f", training, validation and test images alike")
+    return mnist, Splits(shift(mnist.train), shift(mnist.test), shift(mnist.validation))
 
 
-def run_once(config: Config, seed: int, mnist: tuple[Split, Split], task: tuple[Split, Split],
-             device: torch.device, record, result: dict, progress, run_dir: Path | None) -> None:
+def run_once(config: Config, seed: int, mnist: Splits, task: Splits, device: torch.device, record, result: dict,
+             progress, run_dir: Path | None) -> None:
     """One seed: pretrain (or reuse) the base, then fine-tune every variant from it, into ``result``."""
     methods = result["methods"]
     torch.manual_seed(seed)
     model = MLP(config.model.hidden_sizes).to(device)
-    methods["pretrained"] = pretrain(model, config, seed, *mnist, device, record)
+    methods["pretrained"] = pretrain(model, config, seed, mnist.train, mnist.test, device, record)
     if methods["pretrained"]["diverged"]:
         return progress()
     after_pretraining(config, [result], [model], task, record, run_dir)
@@ -164,18 +178,25 @@ def run_once(config: Config, seed: int, mnist: tuple[Split, Split], task: tuple[
 
     for variant in finetune_variants(config):
         tuned = start_variant(model, variant, seed, config)
-        outcome = fit(tuned.model, variant.name, config.finetune, *task, seed, config, record, tuned.tracker)
-        finish_variant(result, variant, tuned, outcome, task[1], model, run_dir)
+        outcome = fit(tuned.model, variant.name, config.finetune, task.train, task.test, seed, config, record,
+                      tuned.tracker)
+        finish_variant(result, variant, tuned, outcome, task.test, model, run_dir)
         progress()
 
 
-def run_populations(config: Config, runs: list[dict], mnist: tuple[Split, Split], task: tuple[Split, Split],
+def run_populations(config: Config, runs: list[dict], summary: dict, mnist: Splits, task: Splits,
                     device: torch.device, record, progress, run_dir: Path | None) -> str:
     """``run`` phase by phase: every seed's pretraining, then each fine-tuning method at each rank
     bucket for every seed, each as populations of ``experiment.population`` models trained at once.
-    Fills ``runs`` as ``run_once`` does for each seed; returns the run's status."""
+    Fills ``runs`` as ``run_once`` does for each seed; returns the run's status.
+
+    With ``experiment.lrs``, each variant first trains at every rate of the grid on the tuning seeds
+    and is scored on the validation split; the rate with the best mean validation accuracy is its
+    rate for every seed (summary["tuning"]). The test set is scored only after that choice, at the
+    chosen rates, and at the shared ``finetune.lr`` as "<variant>@shared" for comparison.
+    """
     seeds = [result["seed"] for result in runs]
-    bases = pretrain_populations(config, runs, *mnist, device, record)
+    bases = pretrain_populations(config, runs, mnist, device, record)
     if any(result["methods"]["pretrained"]["diverged"] for result in runs):
         progress()
         return "pretraining diverged"
@@ -184,24 +205,83 @@ def run_populations(config: Config, runs: list[dict], mnist: tuple[Split, Split]
                                  if "no_finetune" in result["methods"]])
     progress()
 
+    shared = {variant.name: config.finetune.lr for variant in finetune_variants(config)}
+    rates = shared
+    if config.experiment.lrs:
+        summary["tuning"] = tune_learning_rates(config, seeds, bases, task, device, record)
+        print("\n" + format_tuning(summary["tuning"]))
+        rates = {name: tuning["lr"] for name, tuning in summary["tuning"].items()}
+    # with tuning, also every variant at the shared rate, as configured, unless the grid chose it for all
+    shared_too = config.experiment.lrs and set(rates.values()) != {config.finetune.lr}
     for variants in variant_groups(config):  # a method, at the ranks of one bucket
-        members = [(i, variant) for variant in variants for i in range(len(runs))]
-        for chunk in population_chunks(members, config.experiment.population, device):
-            tuned = [start_variant(bases[i], variant, seeds[i], config) for i, variant in chunk]
-            outcomes = fit_population([t.model for t in tuned], [variant.name for _, variant in chunk],
-                                      config.finetune, *task, [seeds[i] for i, _ in chunk], config, record,
-                                      [t.tracker for t in tuned])
-            for (i, variant), member, outcome in zip(chunk, tuned, outcomes):
-                finish_variant(runs[i], variant, member, outcome, task[1], bases[0], run_dir if i == 0 else None)
-            progress()
+        finetune_populations(config, runs, bases, task, variants, rates, device, record, progress, run_dir)
+        if shared_too:
+            again = [dataclasses.replace(variant, name=f"{variant.name}@shared") for variant in variants
+                     if rates[variant.name] != config.finetune.lr]
+            finetune_populations(config, runs, bases, task, again, {v.name: config.finetune.lr for v in again},
+                                 device, record, progress, run_dir=None)
+            for variant in variants:
+                if rates[variant.name] == config.finetune.lr:  # chosen: its runs are the shared-rate runs
+                    for result in runs:
+                        result["methods"][f"{variant.name}@shared"] = {
+                            key: value for key, value in result["methods"][variant.name].items()
+                            if key not in ARTIFACT_FIELDS}
     order = [variant.name for variant in finetune_variants(config)]
+    order += [f"{name}@shared" for name in order]
     for result in runs:  # the table order of a one-seed-at-a-time run
         result["methods"] = dict(sorted(result["methods"].items(),
                                         key=lambda item: order.index(item[0]) if item[0] in order else -1))
     return "complete"
 
 
-def after_pretraining(config: Config, runs: list[dict], bases: list, task: tuple[Split, Split], record,
+def finetune_populations(config: Config, runs: list[dict], bases: list, task: Splits, variants: list[Variant],
+                         rates: dict[str, float], device: torch.device, record, progress,
+                         run_dir: Path | None) -> None:
+    """Fine-tune ``variants`` for every seed, each at its rate, as populations; results into ``runs``."""
+    seeds = [result["seed"] for result in runs]
+    members = [(i, variant) for variant in variants for i in range(len(runs))]
+    for chunk in population_chunks(members, config.experiment.population, device):
+        tuned = [start_variant(bases[i], variant, seeds[i], config) for i, variant in chunk]
+        outcomes = fit_population([t.model for t in tuned], [variant.name for _, variant in chunk], config.finetune,
+                                  task.train, task.test, [seeds[i] for i, _ in chunk], config, record,
+                                  [t.tracker for t in tuned], lrs=[rates[variant.name] for _, variant in chunk])
+        for (i, variant), member, outcome in zip(chunk, tuned, outcomes):
+            outcome["lr"] = rates[variant.name]
+            finish_variant(runs[i], variant, member, outcome, task.test, bases[0], run_dir if i == 0 else None)
+        progress()
+
+
+def tune_learning_rates(config: Config, seeds: list[int], bases: list, task: Splits, device: torch.device,
+                        record) -> dict:
+    """Each variant at every rate of ``experiment.lrs`` on the tuning seeds, scored on the validation
+    split; per variant the rate with the best mean validation accuracy (ties: the smaller rate). A
+    rate at which any tuning seed diverged is not chosen. The test set plays no part."""
+    grid = sorted(config.experiment.lrs)
+    tuning_seeds = config.experiment.tuning_seeds or seeds
+    print(f"\n==== choosing learning rates on {len(task.validation):,} validation images: "
+          f"{', '.join(f'{lr:g}' for lr in grid)}, seeds {', '.join(map(str, tuning_seeds))}")
+    accuracies = {}  # (variant name, rate) -> validation accuracies over the tuning seeds (None: diverged)
+    for variants in variant_groups(config):
+        members = [(variant, lr, seeds.index(seed)) for variant in variants for lr in grid for seed in tuning_seeds]
+        for chunk in population_chunks(members, config.experiment.population, device):
+            models = [start_variant(bases[i], variant, seeds[i], config, track=False).model for variant, _, i in chunk]
+            phases = [f"{variant.name}@lr={lr:g}" for variant, lr, _ in chunk]
+            trained = train_members(models, phases, config.finetune, task.train, [seeds[i] for *_, i in chunk],
+                                    config, lambda r: record({"tuning": True, **r}), lrs=[lr for _, lr, _ in chunk])
+            for (variant, lr, _), model, member in zip(chunk, models, trained):
+                score_ = None if member.diverged else evaluate(model, task.validation).percent
+                accuracies.setdefault((variant.name, lr), []).append(score_)
+    tuning = {}
+    for variant in finetune_variants(config):
+        means = {lr: None if None in accuracies[variant.name, lr] else statistics.fmean(accuracies[variant.name, lr])
+                 for lr in grid}
+        tuning[variant.name] = {"lr": choose_rate(means), "grid": grid,
+                                "validation_accuracy": {f"{lr:g}": means[lr] for lr in grid},
+                                "seeds": tuning_seeds, "n_validation": len(task.validation)}
+    return tuning
+
+
+def after_pretraining(config: Config, runs: list[dict], bases: list, task: Splits, record,
                       run_dir: Path | None) -> None:
     """Save the first seed's base; on a shifted task, score every base on it before fine-tuning."""
     if run_dir is not None:
@@ -210,7 +290,7 @@ def after_pretraining(config: Config, runs: list[dict], bases: list, task: tuple
         return
     for result, model in zip(runs, bases):  # where fine-tuning starts: the base on the shifted test set
         seed_record = lambda r, seed=result["seed"]: record({"seed": seed, **r})  # noqa: E731
-        result["methods"]["no_finetune"] = {**score(model, "no_finetune", task[1], [], epochs=0, n_train=0,
+        result["methods"]["no_finetune"] = {**score(model, "no_finetune", task.test, [], epochs=0, n_train=0,
                                                     record=seed_record), "trainable_params": 0}
 
 
@@ -222,11 +302,12 @@ class Tuned:
     tracker: DecompositionTracker | None
 
 
-def start_variant(base: torch.nn.Module, variant: Variant, seed: int, config: Config) -> Tuned:
+def start_variant(base: torch.nn.Module, variant: Variant, seed: int, config: Config, track: bool = True) -> Tuned:
     torch.manual_seed(seed)  # every method starts from the same adapter init
     model = prepare(base, variant.method, **variant.adapter)
     frozen = {name: p.detach().clone() for name, p in model.named_parameters() if not p.requires_grad}
-    return Tuned(model, frozen, DecompositionTracker(model) if config.analysis.every_n_batches else None)
+    tracker = DecompositionTracker(model) if track and config.analysis.every_n_batches else None
+    return Tuned(model, frozen, tracker)
 
 
 def finish_variant(result: dict, variant: Variant, tuned: Tuned, outcome: dict, test_data: Split,
@@ -256,8 +337,8 @@ def pretrain(model, config: Config, seed: int, train_data: Split, test_data: Spl
     return result
 
 
-def pretrain_populations(config: Config, runs: list[dict], train_data: Split, test_data: Split,
-                         device: torch.device, record) -> list[torch.nn.Module]:
+def pretrain_populations(config: Config, runs: list[dict], mnist: Splits, device: torch.device,
+                         record) -> list[torch.nn.Module]:
     """Every seed's base, pretrained as populations or reused from the cache; the results go into
     ``runs``. A population's members are cached under a key naming the whole population, since a
     member's float32 bits depend on which models share its matmuls."""
@@ -272,12 +353,12 @@ def pretrain_populations(config: Config, runs: list[dict], train_data: Split, te
         if paths and all(path.exists() for path in paths):
             for i, path in zip(chunk, paths):
                 seed_record = lambda r, seed=seeds[i]: record({"seed": seed, **r})  # noqa: E731
-                runs[i]["methods"]["pretrained"] = reuse_pretrained(bases[i], path, config, len(train_data),
-                                                                    test_data, seed_record)
+                runs[i]["methods"]["pretrained"] = reuse_pretrained(bases[i], path, config, len(mnist.train),
+                                                                    mnist.test, seed_record)
             continue
         records = {seed: [] for seed in chunk_seeds}
         results = fit_population([bases[i] for i in chunk], ["pretrained"] * len(chunk), config.pretrain,
-                                 train_data, test_data, chunk_seeds, config,
+                                 mnist.train, mnist.test, chunk_seeds, config,
                                  lambda r: (records[r["seed"]].append(r), record(r)))
         for i, result, path in zip(chunk, results, paths or [None] * len(chunk)):
             runs[i]["methods"]["pretrained"] = result
@@ -320,12 +401,34 @@ def fit(model, phase: str, settings, train_data: Split, test_data: Split, seed: 
 
 
 def fit_population(models: list, phases: list[str], settings, train_data: Split, test_data: Split,
-                   seeds: list[int], config: Config, record, trackers: list | None = None) -> list[dict]:
+                   seeds: list[int], config: Config, record, trackers: list | None = None,
+                   lrs: list[float] | None = None) -> list[dict]:
     """``fit`` for models trained at once as one population: member i is phase ``phases[i]`` of seed
-    ``seeds[i]``. Each member's records go to ``record`` marked ``member`` (metrics.jsonl keeps them
-    all); the console gets one line per logged batch with the members' mean and range instead."""
+    ``seeds[i]``, at rate ``lrs[i]`` (default: ``settings.lr``). Then each is tested, as ``fit`` does."""
+    trackers = trackers or [None] * len(models)
+    trained = train_members(models, phases, settings, train_data, seeds, config, record, trackers, lrs)
+    results = []
+    for model, phase, seed, tracker, member in zip(models, phases, seeds, trackers, trained):
+        member_record = lambda r, seed=seed, phase=phase: record({"seed": seed, "phase": phase, "member": True, **r})  # noqa: E731
+        if member.diverged:
+            results.append(diverged_result(member.diverged, model, settings, len(train_data)))
+            continue
+        if tracker is not None:
+            tracker(sum(len(r["batch_losses"]) for r in member.epoch_records))
+        results.append(score(model, phase, test_data, member.epoch_records, settings.epochs, len(train_data),
+                             member_record))
+    show_members(", ".join(dict.fromkeys(phases)), [{"kind": "test", **r} for r in results if not r["diverged"]])
+    return results
+
+
+def train_members(models: list, phases: list[str], settings, train_data: Split, seeds: list[int], config: Config,
+                  record, trackers: list | None = None, lrs: list[float] | None = None) -> list:
+    """Train ``models`` as one population (``population.train_population``). Each member's records go
+    to ``record`` marked ``member`` (metrics.jsonl keeps them all); the console gets one line per
+    logged batch with the members' mean and range instead, and a line per diverged member."""
     label = ", ".join(dict.fromkeys(phases))
-    print(f"\n== {label}: {phase_header(models[0], settings)}; {len(models)} models at once "
+    rates = f" at lr {', '.join(f'{lr:g}' for lr in dict.fromkeys(lrs))}" if lrs else ""
+    print(f"\n== {label}: {phase_header(models[0], settings)}; {len(models)} models at once{rates} "
           f"(seeds {', '.join(map(str, dict.fromkeys(seeds)))})")
     trackers = trackers or [None] * len(models)
 
@@ -339,24 +442,15 @@ def fit_population(models: list, phases: list[str], settings, train_data: Split,
             if trackers[i] is not None:
                 trackers[i](step)
 
-    runs = train_population(Population(models), train_data, epochs=settings.epochs, batch_size=settings.batch_size,
-                            lr=settings.lr, generators=[torch.Generator().manual_seed(seed) for seed in seeds],
-                            log=log, log_every=config.log.every_n_batches, max_loss=settings.max_loss,
-                            checkpoint=checkpoint, checkpoint_every=config.analysis.every_n_batches)
-    results = []
-    for model, phase, seed, tracker, member in zip(models, phases, seeds, trackers, runs):
-        member_record = lambda r, seed=seed, phase=phase: record({"seed": seed, "phase": phase, "member": True, **r})  # noqa: E731
+    trained = train_population(Population(models), train_data, epochs=settings.epochs, batch_size=settings.batch_size,
+                               lr=lrs or settings.lr, generators=[torch.Generator().manual_seed(seed) for seed in seeds],
+                               log=log, log_every=config.log.every_n_batches, max_loss=settings.max_loss,
+                               checkpoint=checkpoint, checkpoint_every=config.analysis.every_n_batches)
+    for phase, seed, member in zip(phases, seeds, trained):
         if member.diverged:
             tqdm.write(f"{phase} (seed {seed}) diverged and was stopped: {member.diverged}; its results are not used")
-            member_record({"kind": "diverged", "message": member.diverged})
-            results.append(diverged_result(member.diverged, model, settings, len(train_data)))
-            continue
-        if tracker is not None:
-            tracker(sum(len(r["batch_losses"]) for r in member.epoch_records))
-        results.append(score(model, phase, test_data, member.epoch_records, settings.epochs, len(train_data),
-                             member_record))
-    show_members(label, [{"kind": "test", **r} for r in results if not r["diverged"]])
-    return results
+            record({"seed": seed, "phase": phase, "member": True, "kind": "diverged", "message": member.diverged})
+    return trained
 
 
 def phase_header(model, settings) -> str:

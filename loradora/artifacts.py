@@ -18,6 +18,9 @@ from loradora.export import export_peft
 from loradora.training import accuracy, predict
 
 PRETRAINED = "pretrained.safetensors"
+# what save_method adds to a method's result: the checks of the files it wrote
+ARTIFACT_FIELDS = ("merged_test_accuracy", "merged_test_correct", "merged_max_logit_diff", "reloaded_test_correct",
+                   "files")
 
 
 def save_pretrained(model: nn.Module, run_dir: Path) -> dict:

@@ -35,6 +35,8 @@ def pretrain_key(config: Config, seed: int, device: torch.device, population: li
         "seed": seed,
         "numerics": numerics(device),
     }
+    if config.data.validation_size:  # the held-out images are not trained on
+        inputs["validation"] = [config.data.validation_size, config.data.validation_seed]
     if population is not None and len(population) > 1:
         inputs["population"] = population
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]

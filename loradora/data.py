@@ -60,6 +60,16 @@ def load_mnist(root: str | Path, train: bool, device: torch.device | str = "cpu"
     return Split(images, labels.to(device))
 
 
+def hold_out(split: Split, size: int, seed: int) -> tuple[Split, Split]:
+    """(rest, validation): ``size`` images drawn by a seeded permutation (on the CPU, so a seed means
+    the same on every device), never trained on; the rest keep their original order."""
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    held = torch.zeros(len(split), dtype=torch.bool)
+    held[order[:size]] = True
+    held = held.to(split.labels.device)
+    return Split(split.images[~held], split.labels[~held]), Split(split.images[held], split.labels[held])
+
+
 def raw_folder(root: str | Path) -> Path:
     return Path(root) / "MNIST" / "raw"
 

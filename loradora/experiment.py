@@ -70,6 +70,16 @@ def variant_groups(config) -> list[list[Variant]]:
     return groups
 
 
+def choose_rate(mean_accuracies: dict[float, float | None]) -> float:
+    """The rate with the best mean validation accuracy; ties go to the smaller rate (the gentler
+    update). A rate with None (some seed diverged there) is never chosen; if every rate diverged,
+    the smallest, the likeliest to train, whose runs then record what happened."""
+    finished = [lr for lr, accuracy in mean_accuracies.items() if accuracy is not None]
+    if not finished:
+        return min(mean_accuracies)
+    return max(finished, key=lambda lr: (mean_accuracies[lr], -lr))
+
+
 def aggregate(runs: list[dict], margin: float = 0.05) -> dict:
     """The summary's results from per-seed runs ({"seed", "methods", "decomposition"} each).
 

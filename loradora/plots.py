@@ -53,7 +53,7 @@ def loss_curves(metrics_path: Path) -> dict[str, list[list[float]]]:
     per_seed = defaultdict(lambda: defaultdict(list))
     for line in metrics_path.read_text().splitlines():
         record = json.loads(line)
-        if record["kind"] == "epoch" and "batch_losses" in record:
+        if record["kind"] == "epoch" and "batch_losses" in record and not record.get("tuning"):
             per_seed[record["phase"]][record.get("seed")].extend(record["batch_losses"])
     return {phase: list(seeds.values()) for phase, seeds in per_seed.items()}
 

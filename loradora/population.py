@@ -50,6 +50,8 @@ PADDING_TOLERANCE = 1.25
 def population_chunks(items: Sequence, setting: int | str, device: torch.device) -> list[list]:
     """``items`` (a phase's members) split into populations of at most ``setting`` members (``auto``:
     ``AUTO_LIMIT`` for the device), as evenly as that allows: 40 at a limit of 32 gives 20 + 20."""
+    if not items:
+        return []
     limit = AUTO_LIMIT[device.type] if setting == "auto" else setting
     n_chunks = math.ceil(len(items) / limit)
     size = math.ceil(len(items) / n_chunks)

@@ -12,6 +12,8 @@ def format_report(summary: dict) -> str:
     parts = [format_table(summary["methods"]) if len(seeds) == 1 else format_seed_table(summary["methods"], seeds)]
     parts.append(test_set_note(summary["config"]["finetune"]))
     parts.append(cache_note(summary["runs"]))
+    if summary.get("tuning"):
+        parts.append(format_tuning(summary["tuning"]))
     comparisons = summary["comparisons"]
     if summary["config"]["experiment"]["ranks"]:
         parts.append(format_rank_table(summary))  # with DoRA - LoRA and its interval at each rank
@@ -25,6 +27,20 @@ def format_report(summary: dict) -> str:
     if summary["decomposition"]:
         parts.append(format_decomposition(summary["decomposition"]))
     return "\n\n".join(part for part in parts if part)
+
+
+def format_tuning(tuning: dict) -> str:
+    """Each variant's mean validation accuracy at every rate of the grid, and the rate chosen."""
+    first = next(iter(tuning.values()))
+    grid = list(first["validation_accuracy"])
+    rows = [("method", "chosen lr", *(f"lr {rate}" for rate in grid))]
+    for name, result in tuning.items():
+        cells = ["diverged" if result["validation_accuracy"][rate] is None
+                 else f"{result['validation_accuracy'][rate]:.2f}%" for rate in grid]
+        rows.append((name, f"{result['lr']:g}", *cells))
+    return (f"Learning rates chosen on {first['n_validation']:,} validation images (held out of the training "
+            f"set), mean over seeds {', '.join(map(str, first['seeds']))}; the test set chose nothing:\n"
+            + align(rows))
 
 
 def format_seed_table(methods: dict, seeds: list[int]) -> str:
@@ -73,15 +89,19 @@ def cache_note(runs: list[dict]) -> str:
 
 
 def format_comparisons(comparisons: dict) -> str:
-    lines = ["Paired by seed (same base, batch order and adapter init), 95% t interval:"]
+    lines = ["Paired by seed (same base, batch order and adapter init), t interval:"]
     for name, c in comparisons.items():
-        low, high = c["ci95"]
+        low, high = c["ci"]
         ranks = "" if c["ranks"]["dora"] == c["ranks"]["lora"] else \
             f" [ranks {c['ranks']['dora']} and {c['ranks']['lora']}: not a like-for-like pair]"
-        lines.append(f"  {name}{ranks}: {c['mean']:+.2f} points, 95% CI [{low:+.2f}, {high:+.2f}] "
+        lines.append(f"  {name}{ranks}: {c['mean']:+.2f} points, {interval_label(c)} [{low:+.2f}, {high:+.2f}] "
                      f"(std {c['std']:.2f}, t({c['df']}) = {c['t_critical']:.3f})")
         lines.append(arrow(c["verdict"]))
     return "\n".join(lines)
+
+
+def interval_label(comparison: dict) -> str:
+    return f"{100 * comparison.get('confidence', 0.95):.4g}% CI"
 
 
 def arrow(sentence: str) -> str:
@@ -89,16 +109,16 @@ def arrow(sentence: str) -> str:
 
 
 def several_intervals(comparisons: dict) -> str:
-    """One sentence for a sweep's intervals, with the chance that some exclude zero by luck alone."""
-    excluding = [name for name, c in comparisons.items() if c["excludes_zero"]]
-    n, n_seeds = len(comparisons), next(iter(comparisons.values()))["n"]
-    by_chance = 1 - 0.95**n  # if DoRA and LoRA were equal at every rank and the intervals independent
+    """One sentence for a sweep's intervals, which are Bonferroni-adjusted: together they hold at 95%."""
+    ranked = {name: c for name, c in comparisons.items() if "@" not in name}
+    excluding = [name for name, c in ranked.items() if c["excludes_zero"]]
+    n, first = len(ranked), next(iter(ranked.values()))
+    adjusted = (f"each interval at {100 * first['confidence']:.4g}% (Bonferroni over {n} ranks), so that the {n} "
+                f"hold together at 95%") if n > 1 else "one rank, a plain 95% interval"
     if not excluding:
-        return (f"none of the {n} intervals excludes zero: at no rank can {n_seeds} seeds tell DoRA "
-                f"from LoRA.")
-    return (f"{len(excluding)} of {n} intervals exclude zero ({', '.join(excluding)}); with {n} intervals, "
-            f"at least one would exclude zero by chance alone {100 * by_chance:.0f}% of the time, so read "
-            f"a single one with care.")
+        return f"none of the {n} intervals excludes zero ({adjusted}): at no rank can {first['n']} seeds tell " \
+               f"DoRA from LoRA."
+    return f"{len(excluding)} of {n} intervals exclude zero ({', '.join(excluding)}; {adjusted})."
 
 
 def format_rank_table(summary: dict) -> str:
@@ -106,10 +126,11 @@ def format_rank_table(summary: dict) -> str:
     methods, comparisons = summary["methods"], summary["comparisons"]
     by_rank = {}
     for name, result in methods.items():
-        if result.get("method") in ("lora", "dora"):
+        if result.get("method") in ("lora", "dora") and "@" not in name:  # the tuned runs, not "@shared"
             by_rank.setdefault(result["rank"], {})[result["method"]] = (name, result)
+    level = next((interval_label(c) for c in comparisons.values()), "95% CI")
     header = ("rank", "lora params", "lora accuracy", "dora params", "dora accuracy",
-              "dora - lora, paired [95% CI]")
+              f"dora - lora, paired [{level}]")
     rows = [header]
     for rank in sorted(by_rank):
         cells = [str(rank)]
@@ -118,7 +139,7 @@ def format_rank_table(summary: dict) -> str:
             cells += [f"{result['trainable_params']:,}", accuracy_cell(result)] if result else ["-", "-"]
         pair = f"{by_rank[rank]['dora'][0]} - {by_rank[rank]['lora'][0]}" if len(by_rank[rank]) == 2 else None
         c = comparisons.get(pair)
-        cells.append(f"{c['mean']:+.2f} [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]" if c else "-")
+        cells.append(f"{c['mean']:+.2f} [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]" if c else "-")
         rows.append(tuple(cells))
     return align(rows)
 

@@ -1,0 +1,131 @@
+"""Issue 10: the validation split, the learning-rate choice, and the verdicts, on hand-made numbers
+and on a slice of MNIST. The test set must choose nothing."""
+
+import json
+
+import pytest
+import torch
+
+import dora_example
+from conftest import REPO
+from loradora.data import Split, hold_out
+from loradora.experiment import aggregate, choose_rate
+from loradora.stats import paired_difference, seeds_needed, t_quantile, t_quantile_975, verdict
+
+# ---- the validation split ----
+
+
+def test_the_held_out_images_are_never_in_the_training_part():
+    images = torch.arange(1000, dtype=torch.float32).unsqueeze(1)  # image i holds the value i
+    split = Split(images, torch.arange(1000) % 10)
+    rest, validation = hold_out(split, 200, seed=3)
+    kept, held = set(rest.images[:, 0].tolist()), set(validation.images[:, 0].tolist())
+    assert len(held) == 200 and len(kept) == 800 and not kept & held and kept | held == set(range(1000))
+    assert rest.images[:, 0].tolist() == sorted(kept)  # the rest keep their order
+    assert torch.equal(validation.labels, validation.images[:, 0].long() % 10)  # labels travel with images
+    again, _ = hold_out(split, 200, seed=3)
+    other, _ = hold_out(split, 200, seed=4)
+    assert torch.equal(again.images, rest.images) and not torch.equal(other.images, rest.images)
+
+
+# ---- the selection rule ----
+
+
+def test_the_best_mean_validation_accuracy_wins_ties_go_to_the_smaller_rate():
+    assert choose_rate({1e-3: 96.0, 3e-3: 97.5, 1e-2: 97.1}) == 3e-3
+    assert choose_rate({1e-3: 97.5, 3e-3: 97.5, 1e-2: 97.1}) == 1e-3
+    assert choose_rate({1e-3: 96.0, 3e-3: None, 1e-2: 95.0}) == 1e-3  # a diverged rate is never chosen
+    assert choose_rate({1e-3: None, 3e-3: None}) == 1e-3
+
+
+# ---- the verdicts and the adjusted intervals ----
+
+
+def test_an_interval_that_excludes_zero_names_the_better_method():
+    difference = paired_difference([97.5, 97.6, 97.4, 97.55], [97.3, 97.35, 97.2, 97.3])
+    assert difference.excludes_zero
+    assert "excludes zero: over 4 seeds, DoRA scores higher than LoRA by" in verdict(difference, "DoRA", "LoRA")
+    assert "LoRA scores higher than DoRA" in verdict(paired_difference([97.3, 97.35, 97.2, 97.3],
+                                                                       [97.5, 97.6, 97.4, 97.55]), "DoRA", "LoRA")
+
+
+def test_an_interval_inside_the_margin_is_equivalence():
+    difference = paired_difference([97.01, 97.00, 96.99, 97.00, 97.01, 96.99], [97.0] * 6)
+    assert not difference.excludes_zero
+    assert "are equivalent within 0.05 points" in verdict(difference, "DoRA", "LoRA", margin=0.05)
+    assert "cannot tell" in verdict(difference, "DoRA", "LoRA", margin=0.001)
+
+
+def test_an_undecided_interval_says_how_many_seeds_would_decide():
+    lora = [97.27, 97.27, 97.38, 97.43, 97.18]  # the README's five seeds
+    dora = [97.37, 97.26, 97.53, 97.34, 97.25]
+    difference = paired_difference(dora, lora)
+    text = verdict(difference, "DoRA", "LoRA")
+    n, outcome = seeds_needed(difference.mean, difference.std, 0.05)
+    assert outcome == "exclude zero" and f"about {n} seeds would exclude zero" in text
+    # at n the interval would exclude zero, at n - 1 not yet
+    half = lambda k: t_quantile(0.975, k - 1) * difference.std / k**0.5  # noqa: E731
+    assert half(n) < abs(difference.mean) <= half(n - 1)
+    assert seeds_needed(0.0, 0.1, 0.05)[1] == "show equivalence within ±0.05"
+
+
+def test_t_quantiles_match_the_printed_table():
+    table = {1: 12.706, 2: 4.303, 4: 2.776, 9: 2.262, 19: 2.093, 29: 2.045}
+    for df, value in table.items():
+        assert t_quantile_975(df) == pytest.approx(value, abs=6e-4)
+    assert t_quantile(0.995, 4) == pytest.approx(4.604, abs=6e-4)  # 99% two-sided
+    assert t_quantile(0.995, 10) == pytest.approx(3.169, abs=6e-4)
+
+
+def test_a_rank_sweep_widens_each_interval_by_bonferroni():
+    def run(seed, shift):
+        methods = {}
+        for rank in (1, 2, 4, 8):
+            for method, accuracy in (("lora", 97.0 + seed / 7), ("dora", 97.0 + seed / 7 + shift + seed % 3 / 20)):
+                methods[f"{method}_r{rank}"] = {"test_accuracy": accuracy, "method": method, "rank": rank,
+                                                "trainable_params": 1, "n_test": 100, "train_seconds": 1.0}
+        return {"seed": seed, "methods": methods, "decomposition": {}}
+    comparisons = aggregate([run(seed, 0.05) for seed in range(6)])["comparisons"]
+    assert len(comparisons) == 4
+    for c in comparisons.values():
+        assert c["confidence"] == pytest.approx(1 - 0.05 / 4) and c["adjustment"] == "Bonferroni over 4 ranks"
+        assert c["ci"][0] < c["ci95"][0] and c["ci"][1] > c["ci95"][1]
+        assert c["t_critical"] == pytest.approx(t_quantile(1 - 0.05 / 8, 5))
+        assert "98.75% interval" in c["verdict"] and "Bonferroni" in c["verdict"]
+    single = aggregate([{**run(seed, 0.05), "methods": {k: v for k, v in run(seed, 0.05)["methods"].items()
+                                                        if k.endswith("_r1")}} for seed in range(6)])
+    assert single["comparisons"]["dora_r1 - lora_r1"]["confidence"] == 0.95
+
+
+# ---- the pipeline: rates chosen on validation, the test set untouched ----
+
+
+def tuning_run(tmp_path, mnist_root, name, *overrides):
+    argv = ["--config", str(REPO / "configs" / "smoke.yaml"), f"data.root={mnist_root}", f"output.dir={tmp_path}",
+            f"output.run_name={name}", "data.train_subset=768", "data.test_subset=200", "data.validation_size=256",
+            "finetune.epochs=1", "finetune.methods=[lora, dora]", "experiment.seeds=[1, 2, 3]",
+            "experiment.tuning_seeds=[1, 2]", "experiment.lrs=[1.0e-3, 1.0e-2]", "analysis.every_n_batches=null",
+            "cache.enabled=false", *overrides]
+    assert dora_example.main(argv) == 0
+    return json.loads((tmp_path / name / "summary.json").read_text())
+
+
+def test_rates_are_chosen_on_validation_and_the_test_set_plays_no_part(tmp_path, mnist_root, monkeypatch, capsys):
+    summary = tuning_run(tmp_path, mnist_root, "tuned")
+    out = capsys.readouterr().out
+    tuning = summary["tuning"]
+    assert set(tuning) == {"lora", "dora"} and "Learning rates chosen on 256 validation images" in out
+    for name, result in tuning.items():
+        assert result["grid"] == [1e-3, 1e-2] and result["seeds"] == [1, 2] and result["n_validation"] == 256
+        assert result["lr"] == choose_rate({float(k): v for k, v in result["validation_accuracy"].items()})
+        assert all(run["methods"][name]["lr"] == result["lr"] for run in summary["runs"])
+    assert summary["methods"]["lora"]["n_test"] == 200
+    # Scramble the test labels: the rates chosen, and every validation accuracy, stay the same.
+    load = dora_example.load_mnist
+
+    def scrambled(*args, train, **kwargs):
+        split = load(*args, train=train, **kwargs)
+        return split if train else Split(split.images, split.labels.roll(1))
+
+    monkeypatch.setattr(dora_example, "load_mnist", scrambled)
+    assert tuning_run(tmp_path, mnist_root, "scrambled")["tuning"] == tuning
