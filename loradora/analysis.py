@@ -82,8 +82,24 @@ class DecompositionTracker:
             self.points.append(DecompositionPoint(step, name, *decomposition_change(self.initial[name], weight)))
 
 
+MIN_POINTS = 5  # fewer points than this fit a line that says nothing
+
+
 def fit_decomposition(points: list[DecompositionPoint]) -> Line | None:
-    """The paper's line of dM on dD over every checkpoint and layer; None without two distinct dD."""
-    if len({point.dD for point in points}) < 2:
+    """The paper's line of dM on dD over every checkpoint and layer; None where it would not be honest.
+
+    None with fewer than ``MIN_POINTS`` points, with every point from one checkpoint (the final points
+    of a few seeds and layers say nothing about how training moved them), or without two distinct dD.
+    """
+    if len(points) < MIN_POINTS or len({point.step for point in points}) < 2 or len({point.dD for point in points}) < 2:
         return None
     return fit_line([point.dD for point in points], [point.dM for point in points])
+
+
+def unavailable_reason(points: list[DecompositionPoint]) -> str:
+    """Why ``fit_decomposition`` gave no line for ``points``, in words for the report."""
+    if len(points) < MIN_POINTS:
+        return f"{len(points)} points, fewer than {MIN_POINTS}"
+    if len({point.step for point in points}) < 2:
+        return "every point is from one checkpoint (set analysis.every_n_batches below the run's steps)"
+    return "dD does not vary"

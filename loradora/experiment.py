@@ -9,13 +9,14 @@ of each variant pooled over seeds.
 
 import dataclasses
 import itertools
+import math
 from dataclasses import dataclass
 
 from loradora.adapters import ADAPTERS, lora_scaling
 from loradora.model import N_CLASSES, N_PIXELS
 from loradora.population import rank_buckets
-from loradora.analysis import DecompositionPoint, DecompositionTracker, fit_decomposition
-from loradora.stats import paired_difference, spread, verdict
+from loradora.analysis import DecompositionPoint, DecompositionTracker, fit_decomposition, unavailable_reason
+from loradora.stats import paired_difference, spread, t_quantile_975, verdict
 
 # Fields that vary from seed to seed; the rest of a method's entry (n_test, trainable_params, rank...)
 # is the same for every seed. The saved files' checks are the first seed's, and stay in its run.
@@ -94,7 +95,7 @@ def aggregate(runs: list[dict], margin: float = 0.05) -> dict:
         "seeds": [run["seed"] for run in runs],
         "methods": methods,
         "comparisons": compare_adapters(runs, margin),
-        "decomposition": pool_decomposition(runs),
+        **dict(zip(("decomposition", "decomposition_unavailable"), pool_decomposition(runs))),
         "runs": runs,
     }
 
@@ -158,19 +159,32 @@ def finished(methods: dict, name: str) -> bool:
     return name in methods and not methods[name].get("diverged", False)
 
 
-def pool_decomposition(runs: list[dict]) -> dict:
-    """Per variant, the line of dM on dD over every seed's checkpoints and layers, and per seed."""
-    pooled = {}
+def pool_decomposition(runs: list[dict]) -> tuple[dict, dict]:
+    """Per variant, the line of dM on dD over every seed's checkpoints and layers, the per-seed slopes
+    with their mean and 95% t interval over seeds, and the line within each layer; and, for the
+    variants where no honest line exists (``analysis.fit_decomposition``), why not."""
+    pooled, unavailable = {}, {}
     for name in runs[0]["decomposition"]:
         tracked = [run["decomposition"][name] for run in runs if name in run["decomposition"]]
-        per_seed = [[DecompositionPoint(**point) for point in result["points"]] for result in tracked]
-        line = fit_decomposition([point for points in per_seed for point in points])
+        points = [DecompositionPoint(**point) for result in tracked for point in result["points"]]
+        line = fit_decomposition(points)
         if line is None:
+            unavailable[name] = unavailable_reason(points)
             continue
-        pooled[name] = {**dataclasses.asdict(line), "n_seeds": len(tracked),
-                        "per_seed_slopes": [result["slope"] for result in tracked],
-                        "per_layer": per_layer_lines([point for points in per_seed for point in points])}
-    return pooled
+        slopes = [result["slope"] for result in tracked]
+        pooled[name] = {**dataclasses.asdict(line), "n_seeds": len(tracked), "per_seed_slopes": slopes,
+                        "slope_over_seeds": over_seeds([slope for slope in slopes if slope is not None]),
+                        "per_layer": per_layer_lines(points)}
+    return pooled, unavailable
+
+
+def over_seeds(values: list[float]) -> dict | None:
+    """Mean of per-seed values with its 95% t interval; None with fewer than 2."""
+    if len(values) < 2:
+        return None
+    summary = spread(values)
+    half_width = t_quantile_975(len(values) - 1) * summary.std / math.sqrt(len(values))
+    return {"mean": summary.mean, "ci95": [summary.mean - half_width, summary.mean + half_width], "n": len(values)}
 
 
 def per_layer_lines(points: list[DecompositionPoint]) -> dict:

@@ -26,6 +26,9 @@ def format_report(summary: dict) -> str:
                      "whether DoRA beats LoRA.")
     if summary["decomposition"]:
         parts.append(format_decomposition(summary["decomposition"]))
+    if summary.get("decomposition_unavailable"):
+        parts.append("\n".join(f"{name}: no dM-on-dD line ({reason})"
+                               for name, reason in summary["decomposition_unavailable"].items()))
     return "\n\n".join(part for part in parts if part)
 
 
@@ -151,12 +154,16 @@ def accuracy_cell(result: dict) -> str:
 
 def format_decomposition(decomposition: dict) -> str:
     """The line of dM on dD per method (DoRA paper section 3.2, figure 2)."""
-    header = ("method", "points", "slope of dM on dD", "r", "slope per seed", "r within each layer")
+    header = ("method", "points", "slope of dM on dD", "r", "slope per seed", "mean over seeds [95% CI]",
+              "r within each layer")
     rows = [header]
     for name, line in decomposition.items():
         per_seed = " ".join(signed(s) for s in line["per_seed_slopes"])
+        over = line.get("slope_over_seeds")
+        mean = f"{over['mean']:+.2f} [{over['ci95'][0]:+.2f}, {over['ci95'][1]:+.2f}]" if over else "-"
         per_layer = " ".join(signed(layer["correlation"]) for layer in line["per_layer"].values())
-        rows.append((name, str(line["n"]), f"{line['slope']:+.3f}", signed(line["correlation"]), per_seed, per_layer))
+        rows.append((name, str(line["n"]), f"{line['slope']:+.3f}", signed(line["correlation"]), per_seed, mean,
+                     per_layer))
     return ("Weight decomposition (DoRA paper sec. 3.2): dM = mean |change of row norm|, dD = mean "
             "(1 - cos) of rows,\nagainst the pretrained weight; slope and r over every layer at every "
             "checkpoint of every seed:\n" + align(rows))

@@ -6,7 +6,8 @@ from torch import nn
 
 from loradora.adapters import DoRALinear, add_adapters
 from loradora.analysis import (DecompositionPoint, DecompositionTracker, decomposition_change,
-                               effective_weights, fit_decomposition)
+                               effective_weights, fit_decomposition, unavailable_reason)
+from loradora.experiment import pool_decomposition
 from loradora.methods import prepare
 from loradora.model import MLP
 
@@ -78,7 +79,31 @@ def test_tracker_records_every_layer_once_per_step():
 
 
 def test_fit_of_dm_on_dd():
-    points = [DecompositionPoint(step, "l", dM=1.0 - 0.3 * dD, dD=dD) for step, dD in enumerate([0.1, 0.2, 0.4])]
+    points = [DecompositionPoint(step, "l", dM=1.0 - 0.3 * dD, dD=dD)
+              for step, dD in enumerate([0.1, 0.2, 0.4, 0.5, 0.7])]
     line = fit_decomposition(points)
     assert line.slope == pytest.approx(-0.3) and line.correlation == pytest.approx(-1.0)
     assert fit_decomposition(points[:1]) is None
+
+
+def test_no_line_from_too_few_points_or_one_checkpoint():
+    # Issue 10: a slope on fewer than 5 points, or across the seeds' final points only, is not reported.
+    four = [DecompositionPoint(step, "l", dM=0.1 * step, dD=0.01 * step) for step in range(1, 5)]
+    assert fit_decomposition(four) is None and unavailable_reason(four) == "4 points, fewer than 5"
+    finals = [DecompositionPoint(100, f"l{seed}", dM=0.1 * seed, dD=0.01 * seed) for seed in range(6)]
+    assert fit_decomposition(finals) is None and "one checkpoint" in unavailable_reason(finals)
+
+
+def test_per_method_slopes_carry_an_interval_over_seeds():
+    def run(seed):
+        points = [{"step": step, "layer": "l", "dM": (1 + seed / 10) * 0.01 * step, "dD": 0.01 * step}
+                  for step in range(1, 7)]
+        return {"seed": seed, "methods": {}, "decomposition": {"dora": {"slope": 1 + seed / 10, "points": points}}}
+    pooled, unavailable = pool_decomposition([run(seed) for seed in range(4)])
+    over = pooled["dora"]["slope_over_seeds"]
+    assert unavailable == {} and over["n"] == 4 and over["mean"] == pytest.approx(1.15)
+    assert over["ci95"][0] < 1.15 < over["ci95"][1]
+    short = [{**run(seed), "decomposition": {"dora": {"slope": None, "points": run(seed)["decomposition"]["dora"]
+                                                       ["points"][-1:]}}} for seed in range(6)]
+    assert pool_decomposition(short) == ({}, {"dora": "every point is from one checkpoint (set "
+                                                      "analysis.every_n_batches below the run's steps)"})
