@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 SCALINGS = ("standard", "rslora", "alpha")
+# DoRA's floor under ||V||, which is 0 only for an all-zero row: torch's F.normalize divides by
+# max(||v||, 1e-12) for the same reason. Rows of a trained weight have norms many orders above it.
+NORM_EPS = 1e-12
 
 
 def lora_scaling(rank: int, alpha: float, scaling: str = "standard") -> float:
@@ -114,6 +117,11 @@ class DoRALinear(LoRALinear):
     its base at init. With ``detach_norm`` the norm is treated as a constant in the backward pass
     (DoRA section 4.3): it saves memory and, per the paper, costs no accuracy. The bias is added
     after the re-scaling, as in the paper and PEFT: it is not part of the decomposed weight.
+
+    A row of W0 that is all zeros (peft issue 2049) has m = 0 and ||V|| = 0 at init, and 0 / 0 would
+    make every output NaN. The norm is floored at NORM_EPS, so the row's scale m / ||V|| is 0: the
+    row stays zero, as it is in the base, with finite outputs and gradients. DoRA cannot grow such a
+    row (it has no direction to scale, and B's gradient there is scaled by m = 0); LoRA can.
     """
 
     def __init__(
@@ -130,11 +138,16 @@ class DoRALinear(LoRALinear):
         # ||W0 + s*B@A|| as it was at merge time: unmerging needs it, and it cannot be recomputed from
         # W' alone, whose rows all have norm m. Not saved with the state dict (PEFT caches it the same way).
         self.register_buffer("merge_norm", None, persistent=False)
+        # The rows of W0 whose magnitude was 0 at merge time, and their values: such a row merges to
+        # zeros whatever it held, so unmerge restores it from here. Empty, unless W0 has zero rows.
+        self.register_buffer("merge_zero_rows", None, persistent=False)
+        self.register_buffer("merge_zero_rows_w0", None, persistent=False)
 
     def weight_norm(self) -> torch.Tensor:
-        """||W0 + s*B@A|| per output row; without autograd when detached (DoRA section 4.3)."""
+        """||W0 + s*B@A|| per output row, floored at NORM_EPS; without autograd when detached (DoRA
+        section 4.3)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach_norm):
-            return row_norms(super().merged_weight())
+            return row_norms(super().merged_weight()).clamp_min(NORM_EPS)
 
     def merged_weight(self) -> torch.Tensor:
         return (self.magnitude / self.weight_norm()).unsqueeze(1) * super().merged_weight()
@@ -143,15 +156,19 @@ class DoRALinear(LoRALinear):
     def merge(self) -> None:
         self._expect_merged(False)
         self.merge_norm = self.weight_norm()
+        self.merge_zero_rows = (self.magnitude == 0).nonzero().squeeze(1)
+        self.merge_zero_rows_w0 = self.base.weight[self.merge_zero_rows].clone()
         super().merge()
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """W0 = W' * ||V|| / m - s*B@A, with ||V|| the norm kept at merge time (m must have no zeros)."""
+        """W0 = W' * ||V|| / m - s*B@A, with ||V|| the norm kept at merge time; rows with m = 0
+        (NaN here) are copied back from merge time."""
         self._expect_merged(True)
         self.base.weight.mul_((self.merge_norm / self.magnitude).unsqueeze(1))
         self.base.weight.addmm_(self.lora_B, self.lora_A, alpha=-self.scaling)
-        self.merge_norm = None
+        self.base.weight.index_copy_(0, self.merge_zero_rows, self.merge_zero_rows_w0)
+        self.merge_norm = self.merge_zero_rows = self.merge_zero_rows_w0 = None
         self.merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
