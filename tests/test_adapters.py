@@ -188,6 +188,43 @@ def test_targets_that_are_not_linear_layers_are_refused(targets, message):
         add_adapters(Tower(), "lora", RANK, ALPHA, targets=targets)
 
 
+@pytest.mark.parametrize("cls", [LoRALinear, DoRALinear])
+def test_dropout_acts_in_training_only(cls):
+    layer = nontrivial(cls(nn.Linear(20, 7), RANK, ALPHA, dropout=0.5))
+    without = copy.deepcopy(layer)
+    without.dropout = 0.0
+    x = torch.randn(64, 20)
+    in_training = layer(x)
+    assert not torch.equal(in_training, layer(x))  # a fresh mask each pass
+    # Dropout moves the output by a fair share of the adapter's contribution, not by rounding.
+    assert (in_training - without(x)).abs().max() > 0.1 * (without(x) - layer.base(x)).abs().max()
+    layer.eval(), without.eval()
+    assert torch.equal(layer(x), without(x))  # eval mode runs the code path of dropout = 0
+
+
+def test_dora_dropout_form_equals_the_fast_form_when_nothing_is_dropped():
+    # forward_dropout with x_d = x must be the fast form rewritten: same outputs and gradients.
+    fast = nontrivial(DoRALinear(nn.Linear(20, 7), RANK, ALPHA, dropout=0.5, detach_norm=False))
+    corrected = copy.deepcopy(fast)
+    corrected.lora_dropout = nn.Identity()  # training mode takes the dropout form, keeping every input
+    fast.eval()
+    x = torch.randn(16, 20)
+    outputs = [model(x) for model in (fast, corrected)]
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-6 * outputs[0].abs().max().item(), rtol=0)
+    for output in outputs:
+        output.square().sum().backward()
+    for name in ("lora_A", "lora_B", "magnitude"):
+        expected = getattr(fast, name).grad
+        torch.testing.assert_close(getattr(corrected, name).grad, expected,
+                                   atol=1e-5 * expected.abs().max().item(), rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("dropout", [-0.1, 1.0])
+def test_dropout_must_be_below_1(dropout):
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
+        add_adapters(MLP(), "lora", RANK, ALPHA, dropout=dropout)
+
+
 def with_zero_rows(layer: nn.Linear, rows=(1, 4)) -> nn.Linear:
     """``layer`` with its weight's ``rows`` all zero, as in the checkpoint of peft issue 2049."""
     with torch.no_grad():
@@ -196,10 +233,11 @@ def with_zero_rows(layer: nn.Linear, rows=(1, 4)) -> nn.Linear:
 
 
 @pytest.mark.parametrize("detach_norm", [True, False])
-def test_dora_on_zero_rows_is_finite_and_keeps_them_zero(detach_norm):
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_dora_on_zero_rows_is_finite_and_keeps_them_zero(detach_norm, dropout):
     # Without a floor under ||V||, m / ||V|| is 0 / 0 on those rows: NaN outputs from the first pass.
     base = with_zero_rows(nn.Linear(20, 7))
-    layer = DoRALinear(copy.deepcopy(base), RANK, ALPHA, detach_norm=detach_norm)
+    layer = DoRALinear(copy.deepcopy(base), RANK, ALPHA, detach_norm=detach_norm, dropout=dropout)
     x = torch.randn(16, 20)
     torch.testing.assert_close(layer.eval()(x), base(x), atol=1e-6, rtol=0)  # the base at init, as ever
     layer.train()
