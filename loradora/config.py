@@ -90,6 +90,7 @@ class CacheConfig:
 @dataclass
 class LogConfig:
     every_n_batches: int = 400
+    tensorboard: bool = False
 
 
 @dataclass
