@@ -40,6 +40,7 @@ from loradora.population import Population, population_chunks, train_population
 from loradora.report import format_report, format_tuning
 from loradora.results import MetricsLog, OutputUnavailable, create_run_dir, environment, write_atomic, write_json
 from loradora.tasks import shift_split, task_label
+from loradora.tensorboard import TensorBoardLog, TensorBoardUnavailable, require_tensorboard
 from loradora.training import Diverged, evaluate, train, use_deterministic_algorithms
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
@@ -52,19 +53,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, args.overrides)
         device = resolve_device(config.device)
+        if config.log.tensorboard:
+            require_tensorboard()  # a missing package stops the run before its folder is made
         run_dir = create_run_dir(config.output.dir, config.output.run_name)
-    except (ConfigError, OutputUnavailable) as error:
+    except (ConfigError, OutputUnavailable, TensorBoardUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(to_yaml(config))
     if config.deterministic:
         use_deterministic_algorithms()
     write_atomic(run_dir / "config.yaml", to_yaml(config))
-    metrics = MetricsLog(run_dir / "metrics.jsonl")
+    sinks = [show, MetricsLog(run_dir / "metrics.jsonl")]  # each gets every metrics record
+    board = TensorBoardLog(run_dir / "tensorboard") if config.log.tensorboard else None
+    if board is not None:
+        sinks.append(board)
     summary = new_summary(config, device)
     save = lambda: write_json(run_dir / "summary.json", summary)  # noqa: E731
     try:
-        run(config, device, summary, record=lambda r: (show(r), metrics(r)), checkpoint=save, run_dir=run_dir)
+        run(config, device, summary, record=lambda r: [sink(r) for sink in sinks], checkpoint=save, run_dir=run_dir)
     except DataUnavailable as error:
         summary.update(status="failed", error=str(error))
         save()
@@ -76,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted: finished phases are in {run_dir}/summary.json, marked incomplete",
               file=sys.stderr)
         return 130
+    finally:
+        if board is not None:
+            board.close()
     save()
     print("\n" + format_report(summary))
     if artifacts := format_artifacts(summary["runs"][0]["methods"]):  # the files are the first seed's

@@ -8,6 +8,9 @@ LoRA (Hu et al. 2021, arXiv 2106.09685) learns a low-rank update s * B @ A; DoRA
 
 with the norm taken per output row, so m has one entry per output feature.
 
+Both take ``dropout`` as PEFT's ``lora_dropout``: in training, the adapter path sees dropout(x),
+the frozen base path sees x (for DoRA with a correction, see ``DoRALinear.forward_dropout``).
+
 A layer can be merged in place for inference (its base weight becomes W') and unmerged back to W0;
 ``merge_adapters`` turns a whole model back into plain ``nn.Linear`` layers for deployment.
 """
@@ -21,6 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 SCALINGS = ("standard", "rslora", "alpha")
+# DoRA's floor under ||V||, which is 0 only for an all-zero row: torch's F.normalize divides by
+# max(||v||, 1e-12) for the same reason. Rows of a trained weight have norms many orders above it.
+NORM_EPS = 1e-12
 
 
 def lora_scaling(rank: int, alpha: float, scaling: str = "standard") -> float:
@@ -41,19 +47,26 @@ def lora_scaling(rank: int, alpha: float, scaling: str = "standard") -> float:
 
 
 class LoRALinear(nn.Module):
-    """y = base(x) + s * B(A(x)), with the base layer frozen.
+    """y = base(x) + s * B(A(dropout(x))), with the base layer frozen.
 
     A (rank x in) starts Kaiming-uniform as nn.Linear does and B (out x rank) starts at zero, so the
     layer equals its base at init and the first gradient step moves B only (LoRA paper 4.1).
+    ``dropout`` (PEFT's ``lora_dropout``) acts in training mode only, on the adapter's input alone.
     """
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, scaling: str = "standard"):
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, scaling: str = "standard",
+                 dropout: float = 0.0):
         super().__init__()
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}")
+        if not 0.0 <= dropout < 1.0:  # p = 1 would zero the adapter's input and divide by 1 - p = 0
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.base = base.requires_grad_(False)
-        self.rank, self.alpha, self.scaling_name = rank, alpha, scaling
+        self.rank, self.alpha, self.scaling_name, self.dropout = rank, alpha, scaling, dropout
         self.scaling = lora_scaling(rank, alpha, scaling)
+        # A module, as PEFT's lora_dropout is, so that a test can swap in a known mask; it holds no
+        # tensors, so state dicts and adapter files do not change.
+        self.lora_dropout = nn.Dropout(dropout)
         # A is drawn on the CPU, so one seed gives one init on every device.
         lora_A = nn.init.kaiming_uniform_(torch.empty(rank, base.in_features), a=math.sqrt(5))
         self.lora_A = nn.Parameter(lora_A.to(base.weight))
@@ -98,13 +111,19 @@ class LoRALinear(nn.Module):
         if self.merged != merged:
             raise RuntimeError(f"adapter is {'already' if self.merged else 'not'} merged")
 
+    def drops(self) -> bool:
+        """Whether this forward pass applies dropout: training mode with dropout > 0. Otherwise the
+        layer runs exactly the code it ran before dropout existed (nothing gets slower)."""
+        return self.training and self.dropout > 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
             return self.base(x)
-        return self.base(x) + self.update(x)
+        return self.base(x) + self.update(self.lora_dropout(x) if self.drops() else x)
 
     def extra_repr(self) -> str:
-        return f"rank={self.rank}, alpha={self.alpha}, scaling={self.scaling_name} (s={self.scaling:g})"
+        text = f"rank={self.rank}, alpha={self.alpha}, scaling={self.scaling_name} (s={self.scaling:g})"
+        return text + (f", dropout={self.dropout:g}" if self.dropout else "")
 
 
 class DoRALinear(LoRALinear):
@@ -114,6 +133,11 @@ class DoRALinear(LoRALinear):
     its base at init. With ``detach_norm`` the norm is treated as a constant in the backward pass
     (DoRA section 4.3): it saves memory and, per the paper, costs no accuracy. The bias is added
     after the re-scaling, as in the paper and PEFT: it is not part of the decomposed weight.
+
+    A row of W0 that is all zeros (peft issue 2049) has m = 0 and ||V|| = 0 at init, and 0 / 0 would
+    make every output NaN. The norm is floored at NORM_EPS, so the row's scale m / ||V|| is 0: the
+    row stays zero, as it is in the base, with finite outputs and gradients. DoRA cannot grow such a
+    row (it has no direction to scale, and B's gradient there is scaled by m = 0); LoRA can.
     """
 
     def __init__(
@@ -123,18 +147,24 @@ class DoRALinear(LoRALinear):
         alpha: float,
         scaling: str = "standard",
         detach_norm: bool = True,
+        dropout: float = 0.0,
     ):
-        super().__init__(base, rank, alpha, scaling)
+        super().__init__(base, rank, alpha, scaling, dropout)
         self.detach_norm = detach_norm
         self.magnitude = nn.Parameter(row_norms(base.weight.detach()).clone())
         # ||W0 + s*B@A|| as it was at merge time: unmerging needs it, and it cannot be recomputed from
         # W' alone, whose rows all have norm m. Not saved with the state dict (PEFT caches it the same way).
         self.register_buffer("merge_norm", None, persistent=False)
+        # The rows of W0 whose magnitude was 0 at merge time, and their values: such a row merges to
+        # zeros whatever it held, so unmerge restores it from here. Empty, unless W0 has zero rows.
+        self.register_buffer("merge_zero_rows", None, persistent=False)
+        self.register_buffer("merge_zero_rows_w0", None, persistent=False)
 
     def weight_norm(self) -> torch.Tensor:
-        """||W0 + s*B@A|| per output row; without autograd when detached (DoRA section 4.3)."""
+        """||W0 + s*B@A|| per output row, floored at NORM_EPS; without autograd when detached (DoRA
+        section 4.3)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach_norm):
-            return row_norms(super().merged_weight())
+            return row_norms(super().merged_weight()).clamp_min(NORM_EPS)
 
     def merged_weight(self) -> torch.Tensor:
         return (self.magnitude / self.weight_norm()).unsqueeze(1) * super().merged_weight()
@@ -143,26 +173,46 @@ class DoRALinear(LoRALinear):
     def merge(self) -> None:
         self._expect_merged(False)
         self.merge_norm = self.weight_norm()
+        self.merge_zero_rows = (self.magnitude == 0).nonzero().squeeze(1)
+        self.merge_zero_rows_w0 = self.base.weight[self.merge_zero_rows].clone()
         super().merge()
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """W0 = W' * ||V|| / m - s*B@A, with ||V|| the norm kept at merge time (m must have no zeros)."""
+        """W0 = W' * ||V|| / m - s*B@A, with ||V|| the norm kept at merge time; rows with m = 0
+        (NaN here) are copied back from merge time."""
         self._expect_merged(True)
         self.base.weight.mul_((self.merge_norm / self.magnitude).unsqueeze(1))
         self.base.weight.addmm_(self.lora_B, self.lora_A, alpha=-self.scaling)
-        self.merge_norm = None
+        self.base.weight.index_copy_(0, self.merge_zero_rows, self.merge_zero_rows_w0)
+        self.merge_norm = self.merge_zero_rows = self.merge_zero_rows_w0 = None
         self.merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
             return self.base(x)
+        scale = self.magnitude / self.weight_norm()
+        if self.drops():
+            return self.forward_dropout(x, scale)
         # x @ W'^T = (m / ||V||) * (x @ W0^T + s * (x @ A^T) @ B^T), V = W0 + s*B@A. Scaling the
         # output per row keeps the backward pass low-rank: no (out, in) weight gradient is formed,
         # which made the rebuilt-weight form 1.27x the instructions per step of this one.
         directed = F.linear(x, self.base.weight) + self.update(x)
-        scale = self.magnitude / self.weight_norm()
         return directed * scale if self.base.bias is None else torch.addcmul(self.base.bias, directed, scale)
+
+    def forward_dropout(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """DoRA with dropout on the adapter's input, exactly as PEFT applies ``lora_dropout`` to DoRA.
+
+            y = base(x) + (m/||V|| - 1) * (x_d @ W0^T) + (m/||V||) * s * B(A(x_d)),   x_d = dropout(x)
+
+        The frozen base sees x, as in LoRA; the DoRA terms see x_d: the adapter's update and the
+        re-scaling of the base, m/||V|| - 1, which is also learnt (peft PR 1474, by DoRA's author;
+        peft PR 2153 discusses why the correction takes x_d). The bias is in base(x), once, outside
+        the scaling. With x_d = x this is the fast form of ``forward`` (peft PR 2122 reuses base(x)
+        the same way when there is no dropout), so dropout changes nothing in eval mode.
+        """
+        x_d = self.lora_dropout(x)
+        return self.base(x) + (scale - 1) * F.linear(x_d, self.base.weight) + scale * self.update(x_d)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, detach_norm={self.detach_norm}"
@@ -185,7 +235,7 @@ def add_adapters(model: nn.Module, method: str, rank: int, alpha: float,
 
     ``method`` is "lora" or "dora"; ``targets`` picks layers by name as PEFT's ``target_modules``
     does (see ``find_targets``; default: every ``nn.Linear``); ``options`` go to the layer
-    (``scaling``, and ``detach_norm`` for DoRA). Returns the model, whose only trainable parameters
+    (``scaling``, ``dropout``, and ``detach_norm`` for DoRA). Returns the model, whose only trainable parameters
     are now the adapters'.
     """
     if method not in ADAPTERS:

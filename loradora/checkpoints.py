@@ -6,7 +6,9 @@ reads it without this package. An adapter file holds only the adapter tensors (`
 dict ("layers.0.lora_A"), and in its metadata the settings that put the same layers back:
 
     {"format": "pt", "adapter_config": '{"method": "dora", "rank": 4, "alpha": 8.0, "scaling":
-     "standard", "detach_norm": true, "targets": ["layers.0", "layers.2", "layers.4"]}'}
+     "standard", "dropout": 0.0, "detach_norm": true, "targets": ["layers.0", "layers.2", "layers.4"]}'}
+
+Files written before ``dropout`` existed lack it, and load with the layers' default, 0.0.
 
 ``load_adapters`` on the base model the adapters were trained from rebuilds the adapted model
 exactly: same tensors, so the same outputs bit for bit.
@@ -86,7 +88,8 @@ def adapter_settings(model: nn.Module) -> dict:
 
 def layer_settings(layer: LoRALinear) -> dict:
     method = next(name for name, cls in ADAPTERS.items() if type(layer) is cls)
-    settings = {"method": method, "rank": layer.rank, "alpha": layer.alpha, "scaling": layer.scaling_name}
+    settings = {"method": method, "rank": layer.rank, "alpha": layer.alpha, "scaling": layer.scaling_name,
+                "dropout": layer.dropout}
     if isinstance(layer, DoRALinear):
         settings["detach_norm"] = layer.detach_norm
     return settings

@@ -64,6 +64,7 @@ class LoRAConfig:
     rank: int = 4
     alpha: float = 8.0
     scaling: str = "standard"
+    dropout: float = 0.0
 
 
 @dataclass
@@ -95,6 +96,7 @@ class CacheConfig:
 @dataclass
 class LogConfig:
     every_n_batches: int = 400
+    tensorboard: bool = False
 
 
 @dataclass
@@ -251,6 +253,7 @@ def validate(config: Config) -> None:
             (f"{method}.rank", adapter.rank <= limit, f"an integer from 1 to {limit} for this model"),
             (f"{method}.alpha", math.isfinite(adapter.alpha) and adapter.alpha > 0, "a finite number > 0"),
             (f"{method}.scaling", adapter.scaling in SCALINGS, f"one of {', '.join(SCALINGS)}"),
+            (f"{method}.dropout", 0 <= adapter.dropout < 1, "a number from 0 up to, not including, 1"),
         ]
     unknown_methods = [m for m in config.finetune.methods if m not in METHODS]
     checks += [

@@ -29,7 +29,7 @@ PER_SEED_FIELDS = ("test_accuracy", "test_correct", "train_accuracy", "train_sec
 class Variant:
     name: str         # the key in summary.json: "lora", or "lora_r8" in a rank sweep
     method: str       # lora, dora, full or head
-    adapter: dict     # rank, alpha, scaling (and detach_norm) for the adapters; empty for the baselines
+    adapter: dict     # rank, alpha, scaling, dropout (and detach_norm) for the adapters; empty for the baselines
 
     def describe(self) -> dict:
         """What the summary records about the variant beside its results."""

@@ -1,6 +1,6 @@
 """Adapters in Hugging Face PEFT's format, for ``PeftModel.from_pretrained(base_model, directory)``.
 
-    adapter_config.json        a LoraConfig: r, lora_alpha, use_rslora, use_dora, target_modules
+    adapter_config.json        a LoraConfig: r, lora_alpha, use_rslora, use_dora, lora_dropout, target_modules
     adapter_model.safetensors  base_model.model.<layer>.lora_A.weight and .lora_B.weight, and for DoRA
                                base_model.model.<layer>.lora_magnitude_vector: the names PEFT saves
                                (its state-dict names without the adapter name "default")
@@ -55,7 +55,7 @@ def peft_config(settings: dict) -> dict:
         "use_rslora": use_rslora,
         "use_dora": settings["method"] == "dora",
         "target_modules": settings["targets"],  # full module names: PEFT matches a name or a name suffix
-        "lora_dropout": 0.0,
+        "lora_dropout": settings.get("dropout", 0.0),  # applied as ours is (loradora/adapters.py)
         "bias": "none",
         "fan_in_fan_out": False,  # nn.Linear stores (out, in), as PEFT expects by default
         "init_lora_weights": True,

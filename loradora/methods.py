@@ -20,7 +20,7 @@ METHODS = (*ADAPTERS, *BASELINES)
 def prepare(model: nn.Module, method: str, **adapter_options) -> nn.Module:
     """A copy of ``model`` whose trainable parameters are those ``method`` fine-tunes.
 
-    ``adapter_options`` (rank, alpha, scaling, detach_norm) apply to lora and dora only.
+    ``adapter_options`` (rank, alpha, scaling, dropout, detach_norm) apply to lora and dora only.
     """
     tuned = copy.deepcopy(model)
     if method in ADAPTERS:

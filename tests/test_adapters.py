@@ -186,3 +186,90 @@ def test_default_targets_are_every_linear_layer():
 def test_targets_that_are_not_linear_layers_are_refused(targets, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         add_adapters(Tower(), "lora", RANK, ALPHA, targets=targets)
+
+
+@pytest.mark.parametrize("cls", [LoRALinear, DoRALinear])
+def test_dropout_acts_in_training_only(cls):
+    layer = nontrivial(cls(nn.Linear(20, 7), RANK, ALPHA, dropout=0.5))
+    without = copy.deepcopy(layer)
+    without.dropout = 0.0
+    x = torch.randn(64, 20)
+    in_training = layer(x)
+    assert not torch.equal(in_training, layer(x))  # a fresh mask each pass
+    # Dropout moves the output by a fair share of the adapter's contribution, not by rounding.
+    assert (in_training - without(x)).abs().max() > 0.1 * (without(x) - layer.base(x)).abs().max()
+    layer.eval(), without.eval()
+    assert torch.equal(layer(x), without(x))  # eval mode runs the code path of dropout = 0
+
+
+def test_dora_dropout_form_equals_the_fast_form_when_nothing_is_dropped():
+    # forward_dropout with x_d = x must be the fast form rewritten: same outputs and gradients.
+    fast = nontrivial(DoRALinear(nn.Linear(20, 7), RANK, ALPHA, dropout=0.5, detach_norm=False))
+    corrected = copy.deepcopy(fast)
+    corrected.lora_dropout = nn.Identity()  # training mode takes the dropout form, keeping every input
+    fast.eval()
+    x = torch.randn(16, 20)
+    outputs = [model(x) for model in (fast, corrected)]
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-6 * outputs[0].abs().max().item(), rtol=0)
+    for output in outputs:
+        output.square().sum().backward()
+    for name in ("lora_A", "lora_B", "magnitude"):
+        expected = getattr(fast, name).grad
+        torch.testing.assert_close(getattr(corrected, name).grad, expected,
+                                   atol=1e-5 * expected.abs().max().item(), rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("dropout", [-0.1, 1.0])
+def test_dropout_must_be_below_1(dropout):
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
+        add_adapters(MLP(), "lora", RANK, ALPHA, dropout=dropout)
+
+
+def with_zero_rows(layer: nn.Linear, rows=(1, 4)) -> nn.Linear:
+    """``layer`` with its weight's ``rows`` all zero, as in the checkpoint of peft issue 2049."""
+    with torch.no_grad():
+        layer.weight[list(rows)] = 0
+    return layer
+
+
+@pytest.mark.parametrize("detach_norm", [True, False])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_dora_on_zero_rows_is_finite_and_keeps_them_zero(detach_norm, dropout):
+    # Without a floor under ||V||, m / ||V|| is 0 / 0 on those rows: NaN outputs from the first pass.
+    base = with_zero_rows(nn.Linear(20, 7))
+    layer = DoRALinear(copy.deepcopy(base), RANK, ALPHA, detach_norm=detach_norm, dropout=dropout)
+    x = torch.randn(16, 20)
+    torch.testing.assert_close(layer.eval()(x), base(x), atol=1e-6, rtol=0)  # the base at init, as ever
+    layer.train()
+    optimizer = torch.optim.Adam([p for p in layer.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(5):
+        x = torch.randn(16, 20, requires_grad=True)
+        output = layer(x)
+        assert torch.isfinite(output).all()
+        optimizer.zero_grad()
+        output.square().mean().backward()
+        assert all(torch.isfinite(p.grad).all() for p in (layer.lora_A, layer.lora_B, layer.magnitude, x))
+        optimizer.step()
+    # The zero rows have no direction and m = 0: they stay the base's (bias only); the others trained.
+    torch.testing.assert_close(layer(x)[:, [1, 4]], base(x)[:, [1, 4]], atol=1e-6, rtol=0)
+    assert (layer(x) - base(x)).abs().max() > 1e-2
+    assert torch.equal(layer.magnitude[[1, 4]], torch.zeros(2))
+
+
+def test_dora_merge_and_unmerge_with_zero_magnitudes():
+    # Row 1 and 4 of W0 are zero (m = 0 from init); row 2 is not, but its m was driven to 0. Such rows
+    # merge to zeros whatever W0 held there, so unmerge must restore W0 from what merge kept.
+    layer = nontrivial(DoRALinear(with_zero_rows(nn.Linear(20, 7)), RANK, ALPHA))
+    with torch.no_grad():
+        layer.magnitude[2] = 0
+    base_weight = layer.base.weight.detach().clone()
+    x = torch.randn(16, 20)
+    expected = layer(x)
+    layer.merge()
+    assert torch.isfinite(layer.base.weight).all()
+    assert torch.equal(layer.base.weight[[1, 2, 4]], torch.zeros(3, 20))
+    torch.testing.assert_close(layer(x), expected, atol=1e-5 * expected.abs().max().item(), rtol=0)
+    layer.unmerge()
+    torch.testing.assert_close(layer.base.weight, base_weight, atol=1e-6, rtol=0)
+    assert torch.equal(layer.base.weight[2], base_weight[2])  # copied back, not divided by m = 0
+    torch.testing.assert_close(layer(x), expected, atol=1e-5 * expected.abs().max().item(), rtol=0)

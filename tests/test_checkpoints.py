@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from helpers import ALPHA, RANK, TOWER_TARGETS, Tower, nontrivial
 from loradora.adapters import add_adapters
-from loradora.checkpoints import adapter_settings, load_adapters, load_model, save_adapters, save_model
+from loradora.checkpoints import CONFIG_KEY, adapter_settings, load_adapters, load_model, save_adapters, save_model
 from loradora.export import export_peft, peft_alpha
 from loradora.model import MLP
 from peft_oracle import load_with_peft
@@ -90,3 +90,33 @@ def test_adapter_file_missing_a_tensor_is_refused(tmp_path):
     save_file(tensors, path, metadata)
     with pytest.raises(ValueError, match=r"missing \['layers.4.lora_B'\], unexpected \[\]"):
         load_adapters(MLP(), path)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_dropout_is_saved_and_exported_as_lora_dropout(tmp_path, method):
+    base, adapted = adapted_tower(method, dropout=0.2)
+    save_adapters(adapted, tmp_path / "adapter.safetensors")
+    reloaded = load_adapters(copy.deepcopy(base), tmp_path / "adapter.safetensors")
+    assert adapter_settings(reloaded)["dropout"] == 0.2
+    export_peft(adapted, tmp_path / "peft")
+    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["lora_dropout"] == 0.2
+    peft_model = load_with_peft(copy.deepcopy(base), tmp_path / "peft")
+    assert peft_model.peft_config["default"].lora_dropout == 0.2
+    x = torch.randn(32, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(x), adapted.eval()(x), atol=1e-5, rtol=0)
+
+
+def test_an_adapter_file_from_before_dropout_loads_with_none(tmp_path):
+    path = tmp_path / "adapter.safetensors"
+    base, adapted = adapted_tower("dora")
+    save_adapters(adapted, path)
+    with safe_open(path, "pt") as file:
+        metadata = file.metadata()
+    settings = json.loads(metadata[CONFIG_KEY])
+    del settings["dropout"]  # as files were written before the setting existed
+    save_file(load_file(path), path, {**metadata, CONFIG_KEY: json.dumps(settings)})
+    reloaded = load_adapters(copy.deepcopy(base), path)
+    assert adapter_settings(reloaded)["dropout"] == 0.0
+    x = torch.randn(32, 12)
+    assert torch.equal(reloaded(x), adapted(x))

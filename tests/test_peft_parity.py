@@ -1,7 +1,10 @@
 """Our LoRA and DoRA layers against Hugging Face PEFT's, with the same weights: outputs and gradients.
 
-PEFT is the oracle (requirements-dev.txt): its LoraConfig(use_dora=...) with the same rank, alpha
-and scaling, and our A, B and m copied into its lora_A, lora_B and lora_magnitude_vector.
+PEFT is the oracle (requirements-dev.txt): its LoraConfig(use_dora=..., lora_dropout=...) with the
+same rank, alpha, scaling and dropout, and our A, B and m copied into its lora_A, lora_B and
+lora_magnitude_vector. With dropout in training mode, both draw their masks from the global
+generator, one nn.Dropout call per adapter layer in model order, so seeding it alike before each
+forward pass gives both the same masks.
 """
 
 import copy
@@ -19,11 +22,12 @@ from loradora.model import MLP
 MLP_LINEARS = ["layers.0", "layers.2", "layers.4"]
 
 
-def twins(base: nn.Module, method: str, scaling: str, targets, peft_targets):
+def twins(base: nn.Module, method: str, scaling: str, targets, peft_targets, dropout: float = 0.0):
     """Our adapted copy of ``base`` (B != 0, m moved) and PEFT's, holding the same adapter values."""
-    ours = nontrivial(add_adapters(copy.deepcopy(base), method, RANK, ALPHA, targets=targets, scaling=scaling))
+    ours = nontrivial(add_adapters(copy.deepcopy(base), method, RANK, ALPHA, targets=targets, scaling=scaling,
+                                   dropout=dropout))
     config = LoraConfig(r=RANK, lora_alpha=ALPHA, use_rslora=scaling == "rslora", use_dora=method == "dora",
-                        lora_dropout=0.0, target_modules=peft_targets)
+                        lora_dropout=dropout, target_modules=peft_targets)
     theirs = get_peft_model(copy.deepcopy(base), config)
     inner = theirs.base_model.model
     assert {name for name, m in inner.named_modules() if isinstance(m, LoraLayer)} == set(adapter_layers(ours))
@@ -50,18 +54,33 @@ def adapter_gradients(ours: nn.Module, theirs: nn.Module, method: str) -> list[t
     return pairs
 
 
-def assert_same_outputs_and_gradients(ours, theirs, method, x):
-    """Outputs, adapter gradients and input gradients agree in fp32 within 1e-5."""
+def assert_same_outputs_and_gradients(ours, theirs, method, x, seed: int | None = None):
+    """Outputs, adapter gradients and input gradients agree in fp32 within 1e-5 of their scale.
+
+    ``seed``: reseed the global generator before each forward pass, so dropout draws the same masks.
+    """
     x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out_ours, out_theirs = ours(x_ours), theirs(x_theirs)
-    torch.testing.assert_close(out_ours, out_theirs, atol=1e-5, rtol=0)
+    out_ours, out_theirs = (forward(model, x, seed) for model, x in ((ours, x_ours), (theirs, x_theirs)))
+    assert_close_to_scale(out_ours, out_theirs, "outputs")
     weights = torch.randn_like(out_ours)  # a loss whose gradient reaches every output
     (out_ours * weights).sum().backward()
     (out_theirs * weights).sum().backward()
     for name, grad_ours, grad_theirs in adapter_gradients(ours, theirs, method):
         assert grad_ours.abs().max() > 0, f"{name} got no gradient"
-        torch.testing.assert_close(grad_ours, grad_theirs, atol=1e-5, rtol=0, msg=f"gradient of {name}")
-    torch.testing.assert_close(x_ours.grad, x_theirs.grad, atol=1e-5, rtol=0)
+        assert_close_to_scale(grad_ours, grad_theirs, f"gradient of {name}")
+    assert_close_to_scale(x_ours.grad, x_theirs.grad, "gradient of the input")
+
+
+def forward(model: nn.Module, x: torch.Tensor, seed: int | None) -> torch.Tensor:
+    if seed is not None:
+        torch.manual_seed(seed)
+    return model(x)
+
+
+def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, what: str, rel: float = 1e-5) -> None:
+    """Every entry within ``rel`` times the largest entry of ``expected``: fp32 rounding grows with
+    the values' scale, and entries near zero get the same absolute bound as the rest."""
+    torch.testing.assert_close(actual, expected, atol=rel * expected.abs().max().item(), rtol=0, msg=what)
 
 
 @pytest.mark.parametrize("method", ["lora", "dora"])
@@ -92,3 +111,30 @@ def test_merged_weights_match_peft_merge_and_unload(method):
     assert merged_ours.keys() == merged_theirs.keys()
     for key in merged_ours:
         torch.testing.assert_close(merged_ours[key], merged_theirs[key], atol=1e-6, rtol=0, msg=key)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_dropout_in_eval_mode_matches_peft(method):
+    ours, theirs = twins(Tower(), method, "standard", TOWER_TARGETS, TOWER_TARGETS, dropout=0.3)
+    ours.eval(), theirs.eval()
+    assert_same_outputs_and_gradients(ours, theirs, method, torch.randn(32, 12))
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+@pytest.mark.parametrize("scaling", ["standard", "rslora"])
+def test_dropout_in_train_mode_matches_peft_with_the_same_masks(method, scaling):
+    # PEFT's DoRA applies dropout to the adapter and to the correction of the base path, not to the
+    # base path itself (loradora/adapters.py, DoRALinear.forward_dropout); so does ours.
+    ours, theirs = twins(Tower(), method, scaling, TOWER_TARGETS, TOWER_TARGETS, dropout=0.3)
+    ours.train(), theirs.train()
+    x = torch.randn(32, 12)
+    assert not torch.equal(forward(ours, x, seed=7), forward(ours, x, seed=8))  # dropout is on
+    assert_same_outputs_and_gradients(ours, theirs, method, x, seed=7)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_dropout_on_the_mlp_matches_peft(method):
+    # Our MLP, with bias everywhere, at a higher rate.
+    ours, theirs = twins(MLP(), method, "standard", None, MLP_LINEARS, dropout=0.5)
+    ours.train(), theirs.train()
+    assert_same_outputs_and_gradients(ours, theirs, method, torch.rand(64, 784), seed=3)
