@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from loradora.adapters import DoRALinear, LoRALinear
+from loradora.adapters import NORM_EPS, DoRALinear, LoRALinear
 from loradora.data import Split, shuffled_batches
 
 NORMS = ("direct", "expanded")
@@ -119,13 +119,20 @@ class StackedLoRA(nn.Module):
         self.lora_B = nn.Parameter(torch.stack([_pad(a.lora_B.detach().t(), 0, rank) for a in adapters]))
         scalings = torch.tensor([adapter.scaling for adapter in adapters], dtype=self.lora_A.dtype)
         self.register_buffer("scaling", scalings.to(self.lora_A.device).view(-1, 1, 1))
+        # dropout on (N, batch, in) draws every member's mask independently, as N layers would
+        self.dropout = _same([adapter.dropout for adapter in adapters], "dropout")
+        self.lora_dropout = nn.Dropout(self.dropout)
+
+    def drops(self) -> bool:
+        """Whether this pass applies dropout, as ``LoRALinear.drops``."""
+        return self.training and self.dropout > 0
 
     def update(self, x: torch.Tensor) -> torch.Tensor:
         """s * (x @ A) @ B, through the rank bottleneck, as ``LoRALinear.update``."""
         return self.scaling * torch.bmm(torch.bmm(x, self.lora_A), self.lora_B)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.update(x)
+        return self.base(x) + self.update(self.lora_dropout(x) if self.drops() else x)
 
     @torch.no_grad()
     def write_back(self, adapters: Sequence[LoRALinear]) -> None:
@@ -161,15 +168,19 @@ class StackedDoRA(StackedLoRA):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach_norm):
             if self.norm == "direct":
                 weight = self.base.weight + self.scaling * torch.bmm(self.lora_A, self.lora_B)
-                return torch.linalg.vector_norm(weight, dim=1, keepdim=True)
+                return torch.linalg.vector_norm(weight, dim=1, keepdim=True).clamp_min(NORM_EPS)
             A, B, s = self.lora_A, self.lora_B, self.scaling
             cross = (B * torch.bmm(A.transpose(1, 2), self.base.weight)).sum(dim=1, keepdim=True)
             quadratic = (B * torch.bmm(torch.bmm(A.transpose(1, 2), A), B)).sum(dim=1, keepdim=True)
-            return (self.base_norm_sq + 2 * s * cross + s.square() * quadratic).sqrt()
+            squared = self.base_norm_sq + 2 * s * cross + s.square() * quadratic
+            return squared.clamp_min(NORM_EPS**2).sqrt()  # a zero row: as DoRALinear's floor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        directed = torch.bmm(x, self.base.weight) + self.update(x)
         scale = self.magnitude / self.weight_norm()
+        if self.drops():  # as DoRALinear.forward_dropout: the base sees x, DoRA's terms dropout(x)
+            x_d = self.lora_dropout(x)
+            return self.base(x) + (scale - 1) * torch.bmm(x_d, self.base.weight) + scale * self.update(x_d)
+        directed = torch.bmm(x, self.base.weight) + self.update(x)
         bias = self.base.bias
         return directed * scale if bias is None else torch.addcmul(bias, directed, scale)
 

@@ -257,3 +257,48 @@ def test_a_rate_per_member_trains_each_as_adam_at_its_rate_alone():
                             log=lambda records: None, log_every=10)
     together = [[loss for record in run.epoch_records for loss in record["batch_losses"]] for run in runs]
     assert worst_relative(alone, together) <= 1e-12
+
+
+class FixedMask(nn.Module):
+    """Dropout with a given keep-mask, so a population and its members can be fed the same masks."""
+
+    def __init__(self, mask: torch.Tensor, p: float):
+        super().__init__()
+        self.mask, self.p = mask, p
+
+    def forward(self, x):
+        return x * self.mask / (1 - self.p)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_dropout_gives_each_member_its_own_mask_and_the_adapters_math(method):
+    p, batch = 0.3, 16
+    models = members((method, {"alpha": 8.0, "dropout": p}, (2, 4, 8)), torch.float64)
+    for model in models:
+        for layer in model.layers[::2]:
+            nn.init.normal_(layer.lora_B, std=0.1)  # B != 0, or the adapter path would not show
+    x = torch.rand(len(models), batch, 784, dtype=torch.float64)
+    # three copies of one member, fed one input: with nn.Dropout they differ by their masks alone
+    clones = Population([copy.deepcopy(models[0]) for _ in range(3)])
+    same_input = x[:1].expand(3, -1, -1)
+    outputs = clones.train()(same_input)
+    assert not torch.equal(outputs[0], outputs[1]) and not torch.equal(outputs[1], outputs[2])
+    evaluated = clones.eval()(same_input)
+    assert torch.equal(evaluated[0], evaluated[1])
+    population = Population(models).train()
+    # with given masks, each member computes what its own LoRALinear/DoRALinear computes
+    generator = torch.Generator().manual_seed(0)
+    for k, stacked in enumerate(population.layers[::2]):
+        masks = (torch.rand(len(models), batch, stacked.base.weight.shape[1], generator=generator) > p).double()
+        stacked.lora_dropout = FixedMask(masks, p)
+        for i, model in enumerate(models):
+            model.layers[2 * k].lora_dropout = FixedMask(masks[i], p)
+    population(x).sum().backward()
+    stacked = population.layers[0]
+    for i, model in enumerate(models):
+        model.train()
+        model(x[i]).sum().backward()
+        rank = model.layers[0].rank
+        torch.testing.assert_close(stacked.lora_B.grad[i, :rank], model.layers[0].lora_B.grad.t(), rtol=1e-12, atol=0)
+        if method == "dora":
+            torch.testing.assert_close(stacked.magnitude.grad[i, 0], model.layers[0].magnitude.grad, rtol=1e-12, atol=0)
