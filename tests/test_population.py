@@ -17,7 +17,8 @@ from loradora.methods import prepare
 from loradora.model import MLP
 from loradora.cache import pretrain_key
 from loradora.config import load_config
-from loradora.population import Population, StackedDoRA, population_chunks, rank_buckets, train_population
+from loradora.population import (DEFAULT_NORM, Population, StackedDoRA, population_chunks, rank_buckets,
+                                 train_population)
 from loradora.training import train
 
 SEEDS = (1, 2, 3)
@@ -56,7 +57,7 @@ def losses_alone(model: nn.Module, data: Split, seed: int, epochs: int) -> list[
     return [loss for record in records for loss in record["batch_losses"]]
 
 
-def losses_together(models: list[nn.Module], data: Split, epochs: int, norm: str = "direct", **options):
+def losses_together(models: list[nn.Module], data: Split, epochs: int, norm: str = DEFAULT_NORM, **options):
     runs = train_population(Population(models, norm=norm), data, epochs=epochs, batch_size=BATCH, lr=LR,
                             generators=[torch.Generator().manual_seed(seed) for seed in SEEDS],
                             log=lambda records: None, log_every=10, **options)
