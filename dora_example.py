@@ -10,8 +10,10 @@ seed, pretrain the MLP with every weight trainable, or reuse the base an earlier
 from the same inputs; then for each fine-tuning method (lora, dora, and the baselines full and
 head), at each rank of a sweep, copy the pretrained model, make trainable what the method trains,
 fine-tune it while recording how its weights move (DoRA section 3.2), and measure accuracy on the
-whole test set. Finally aggregate the seeds (mean +- std, DoRA - LoRA with a 95% interval) and draw
-the plots. Results go to results/<run_name>/ (config.yaml, metrics.jsonl, summary.json, *.png, and
+whole test set. Finally aggregate the seeds (mean +- std, DoRA - LoRA with a 95% interval and a
+verdict) and draw the plots. With several seeds, each phase trains all its seeds at once as a
+population (loradora/population.py); with experiment.lrs, each method's learning rate is first
+chosen on a validation split held out of the training images. Results go to results/<run_name>/ (config.yaml, metrics.jsonl, summary.json, *.png, and
 the first seed's models and adapters).
 """
 
@@ -165,8 +167,11 @@ def load_data(config: Config, device: torch.device) -> tuple[Splits, Splits]:
     held = f", {len(validation):,} held out for validation" if validation is not None else ""
     print(f"MNIST: {len(mnist.train):,} training{held} and {len(mnist.test):,} test images, on {device}")
     settings = config.finetune
-    shift = lambda split: split and shift_split(split, settings.task, settings.rotate_degrees,  # noqa: E731
-                                                settings.permutation_seed)
+
+    def shift(split: Split | None) -> Split | None:
+        return None if split is None else shift_split(split, settings.task, settings.rotate_degrees,
+                                                      settings.permutation_seed)
+
     if settings.task != "same":
         print(f"fine-tuning task: {task_label(settings.task, settings.rotate_degrees, settings.permutation_seed)}"
               f", training, validation and test images alike")
