@@ -312,6 +312,8 @@ def experiment_checks(config: Config) -> list[tuple[str, bool, str]]:
         ("experiment.tuning_seeds", tuning is None or (len(tuning) >= 1 and len(set(tuning)) == len(tuning)),
          "null (every seed) or a non-empty list of distinct integers"),
         ("experiment.tuning_seeds", tuning is None or lrs is not None, "null unless experiment.lrs is set"),
+        ("experiment.tuning_seeds", tuning is None or set(tuning) <= set(seeds or [config.seed]),
+         "seeds of the run (experiment.seeds, or seed): each is pretrained once and tuned from its base"),
         ("experiment.margin", math.isfinite(config.experiment.margin) and config.experiment.margin > 0,
          "a finite number > 0 (accuracy points)"),
         ("experiment.population", config.experiment.population == "auto"

@@ -76,14 +76,17 @@ def test_bad_experiment_settings_name_the_key(override, message):
     assert message in str(error.value)
 
 
-@pytest.mark.parametrize("name", ["seeds", "rank_sweep", "shift"])
+@pytest.mark.parametrize("name", ["seeds", "rank_sweep", "shift", "decisive", "decisive_shift"])
 def test_shipped_configs_load(name):
     config = load_config(REPO / "configs" / f"{name}.yaml")
     assert config.experiment.seeds and len(config.experiment.seeds) >= 3
     if name == "rank_sweep":
         assert config.experiment.ranks == [1, 2, 4, 8, 16, 32, 64]
-    if name == "shift":
+    if "shift" in name:
         assert config.finetune.task != "same"
+    if name.startswith("decisive"):  # rates chosen on a held-out split, on a subset of the seeds
+        assert config.data.validation_size > 0 and len(config.experiment.lrs) > 1
+        assert set(config.experiment.tuning_seeds) < set(config.experiment.seeds)
 
 
 def tiny_run(tmp_path, mnist_root, name, *overrides):
