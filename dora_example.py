@@ -224,6 +224,9 @@ def run_populations(config: Config, runs: list[dict], summary: dict, mnist: Spli
     if config.experiment.lrs:
         summary["tuning"] = tune_learning_rates(config, seeds, bases, task, device, record)
         print("\n" + format_tuning(summary["tuning"]))
+        for name, tuning in summary["tuning"].items():  # for metrics.jsonl and TensorBoard; printed above
+            record({"kind": "tuning", "phase": name, "lr": tuning["lr"],
+                    "validation_accuracy": tuning["validation_accuracy"]})
         rates = {name: tuning["lr"] for name, tuning in summary["tuning"].items()}
     # with tuning, also every variant at the shared rate, as configured, unless the grid chose it for all
     shared_too = config.experiment.lrs and set(rates.values()) != {config.finetune.lr}
@@ -509,7 +512,7 @@ def show(record: dict) -> None:
     """Print a metrics record; batch lines keep the seeds' format. Records replayed from the
     pretrained cache are not printed again, nor a population's per-member records (show_members
     prints those)."""
-    if record.get("cached") or record.get("member"):
+    if record.get("cached") or record.get("member") or record["kind"] == "tuning":
         return
     kind, phase = record["kind"], record["phase"]
     if kind == "batch":

@@ -10,6 +10,7 @@ run of the results folder side by side:
     loss/epoch      the epoch's mean training loss; step = the epoch (1, 2, ...)
     accuracy/train  the epoch's training accuracy, in percent; step = the epoch
     accuracy/test   the test accuracy, in percent; step = the epochs trained before the test
+    tuning/...      with experiment.lrs: the chosen rate, and the mean validation accuracy at each
 
 The values are those of metrics.jsonl (as float32, TensorBoard's scalar type). The tensorboard
 package is optional (requirements-dev.txt): it is imported only when the option is on, and
@@ -70,6 +71,14 @@ class TensorBoardLog:
 
     def on_test(self, writer, record: dict, done: dict) -> None:
         writer.add_scalar("accuracy/test", record["test_accuracy"], done["epochs"])
+        writer.flush()
+
+    def on_tuning(self, writer, record: dict, done: dict) -> None:
+        """The learning rate chosen for a phase, and its mean validation accuracy at every rate."""
+        writer.add_scalar("tuning/chosen_lr", record["lr"], 0)
+        for rate, accuracy in record["validation_accuracy"].items():
+            if accuracy is not None:  # None: a tuning seed diverged at that rate
+                writer.add_scalar(f"tuning/validation_accuracy/lr_{rate}", accuracy, 0)
         writer.flush()
 
     def close(self) -> None:

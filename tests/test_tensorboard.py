@@ -73,3 +73,15 @@ def test_off_by_default_writes_no_event_files(tmp_path, mnist_root, monkeypatch)
     argv = smoke_argv(tmp_path, mnist_root, "finetune.methods=[lora]", "finetune.epochs=1")
     assert dora_example.main([arg for arg in argv if arg != "log.tensorboard=true"]) == 0
     assert not (tmp_path / "run" / "tensorboard").exists()
+
+
+def test_the_chosen_learning_rates_are_charted(tmp_path):
+    from loradora.tensorboard import TensorBoardLog
+    board = TensorBoardLog(tmp_path)
+    board({"kind": "tuning", "phase": "dora", "lr": 0.002,
+           "validation_accuracy": {"0.001": 97.5, "0.002": 97.75, "0.02": None}})
+    board.close()
+    series = scalars(tmp_path / "dora" / "seed_None")
+    assert series["tuning/chosen_lr"] == [(0, pytest.approx(0.002))]
+    assert series["tuning/validation_accuracy/lr_0.002"] == [(0, 97.75)]
+    assert "tuning/validation_accuracy/lr_0.02" not in series  # diverged there: nothing to chart
