@@ -15,29 +15,53 @@ the plots. Results go to results/<run_name>/ (config.yaml, metrics.jsonl, summar
 the first seed's models and adapters).
 """
 
+from __future__ import annotations  # the annotations name torch, which is imported later
+
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
+from loradora.config import Config, ConfigError, load_config, to_dict, to_yaml
 
-from loradora.adapters import ADAPTERS, count_trainable_parameters
-from loradora.analysis import DecompositionTracker
-from loradora.artifacts import format_artifacts, save_method, save_pretrained
-from loradora.cache import cache_path, load_pretrained, save_cached
-from loradora.config import Config, ConfigError, load_config, resolve_device, to_dict, to_yaml
-from loradora.data import DataUnavailable, Split, load_mnist
-from loradora.experiment import aggregate, decomposition_result, finetune_variants
-from loradora.methods import prepare
-from loradora.model import MLP
-from loradora.plots import write_plots
-from loradora.report import format_report
-from loradora.results import MetricsLog, OutputUnavailable, create_run_dir, environment, write_atomic, write_json
-from loradora.tasks import shift_split, task_label
-from loradora.training import Diverged, evaluate, train, use_deterministic_algorithms
+PROJECT = Path(__file__).resolve().parent  # the defaults live here: configs/, data/, results/
+DEFAULT_CONFIG = PROJECT / "configs" / "default.yaml"
+PATH_RULE = ("Relative paths typed on the command line (--config, data.root=, output.dir=, cache.dir=) are "
+             "relative to the current folder; the defaults, and paths written in a config file, are "
+             f"relative to the project folder ({PROJECT}): data/ and results/ are found there from anywhere.")
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
+
+def import_pipeline() -> None:
+    """Import torch and the modules built on it, as this module's globals.
+
+    Deferred from the top of the file so that --help and a bad config answer before torch and
+    torchvision load (seconds; BENCHMARKS.md). main() calls it once the config is good; a program
+    that imports this module to call run() calls it first.
+    """
+    global torch, tqdm, ADAPTERS, count_trainable_parameters, DecompositionTracker, format_artifacts
+    global save_method, save_pretrained, cache_path, load_pretrained, save_cached, resolve_device
+    global DataUnavailable, Split, load_mnist, aggregate, decomposition_result, finetune_variants, prepare
+    global MLP, write_plots, format_report, MetricsLog, OutputUnavailable, create_run_dir, environment
+    global write_atomic, write_json, shift_split, task_label, Diverged, evaluate, train
+    global use_deterministic_algorithms
+    import torch
+    from tqdm import tqdm
+
+    from loradora.adapters import ADAPTERS, count_trainable_parameters
+    from loradora.analysis import DecompositionTracker
+    from loradora.artifacts import format_artifacts, save_method, save_pretrained
+    from loradora.cache import cache_path, load_pretrained, save_cached
+    from loradora.config import resolve_device
+    from loradora.data import DataUnavailable, Split, load_mnist
+    from loradora.experiment import aggregate, decomposition_result, finetune_variants
+    from loradora.methods import prepare
+    from loradora.model import MLP
+    from loradora.plots import write_plots
+    from loradora.report import format_report
+    from loradora.results import (MetricsLog, OutputUnavailable, create_run_dir, environment, write_atomic,
+                                  write_json)
+    from loradora.tasks import shift_split, task_label
+    from loradora.training import Diverged, evaluate, train, use_deterministic_algorithms
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     folder (nothing written), 130 interrupted (finished phases kept, summary marked incomplete)."""
     args = parse_args(argv)
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, args.overrides, project=PROJECT)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    import_pipeline()
+    try:
         device = resolve_device(config.device)
         run_dir = create_run_dir(config.output.dir, config.output.run_name)
     except (ConfigError, OutputUnavailable) as error:
@@ -60,9 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     save = lambda: write_json(run_dir / "summary.json", summary)  # noqa: E731
     try:
         run(config, device, summary, record=lambda r: (show(r), metrics(r)), checkpoint=save, run_dir=run_dir)
-    except DataUnavailable as error:
-        summary.update(status="failed", error=str(error))
-        save()
+    except DataUnavailable as error:  # raised while loading MNIST, before anything is trained
+        shutil.rmtree(run_dir)  # so an empty run folder is not left behind to be mistaken for a result
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -84,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Pretrain an MLP on MNIST, fine-tune LoRA and DoRA copies of it, compare them.",
-        epilog="Example: python dora_example.py lora.rank=8 dora.alpha=16 output.run_name=r8",
+        epilog=f"{PATH_RULE} Example: python dora_example.py lora.rank=8 dora.alpha=16 output.run_name=r8",
     )
     parser.add_argument("--config", default=DEFAULT_CONFIG, type=Path,
                         help="YAML file; keys it leaves out keep their defaults (default: %(default)s)")

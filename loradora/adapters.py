@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SCALINGS = ("standard", "rslora", "alpha")
+from loradora.choices import SCALINGS
 
 
 def lora_scaling(rank: int, alpha: float, scaling: str = "standard") -> float:
@@ -176,7 +176,7 @@ def row_norms(weight: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(weight, dim=1)
 
 
-ADAPTERS = {"lora": LoRALinear, "dora": DoRALinear}
+ADAPTERS = {"lora": LoRALinear, "dora": DoRALinear}  # keys: choices.ADAPTER_METHODS (tested)
 
 
 def add_adapters(model: nn.Module, method: str, rank: int, alpha: float,

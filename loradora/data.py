@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torchvision.datasets import MNIST
 
 
 # The canonical files: the four downloads (MD5s as torchvision pins them) and what they unpack to
@@ -49,6 +48,8 @@ def load_mnist(root: str | Path, train: bool, device: torch.device | str = "cpu"
     and ``download`` is set. Every file already there is checked against its MD5 first.
     """
     verify_files(raw_folder(root), prefix="train" if train else "t10k")
+    from torchvision.datasets import MNIST  # here, not at the top: a second of start-up, needed only now
+
     try:
         dataset = MNIST(root=str(root), train=train, download=download)
     except (RuntimeError, OSError) as error:
