@@ -34,9 +34,9 @@ PATH_RULE = ("Relative paths typed on the command line (--config, data.root=, ou
 def import_pipeline() -> None:
     """Import torch and the modules built on it, as this module's globals.
 
-    Deferred from the top of the file so that --help and a bad config answer before torch and
-    torchvision load (seconds; BENCHMARKS.md). main() calls it once the config is good; a program
-    that imports this module to call run() calls it first.
+    Deferred from the top of the file so that --help and a bad config answer before torch loads
+    (over a second; BENCHMARKS.md). main() calls it once the config is good; a program that imports
+    this module to call run() calls it first.
     """
     global torch, tqdm, ADAPTERS, count_trainable_parameters, DecompositionTracker, format_artifacts
     global save_method, save_pretrained, cache_path, load_pretrained, save_cached, resolve_device
