@@ -101,3 +101,18 @@ def test_the_plots_command_refuses_what_is_not_a_finished_run_in_one_line(tmp_pa
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "run" / "loss_curves.png").exists()
+
+
+def test_accuracy_by_rank_keeps_its_legend_outside_and_the_adapters_apart():
+    methods = {f"{method}_r{rank}": {"method": method, "rank": rank, "test_accuracy": 97.0 + rank / 10,
+                                     "test_accuracy_std": 0.1}
+               for method in ("lora", "dora") for rank in (1, 2, 4)}
+    methods |= {"full": {"test_accuracy": 96.8, "test_accuracy_std": 0.3}, "head": {"test_accuracy": 97.2}}
+    summary = {"methods": methods, "seeds": [1, 2, 3], "config": {"experiment": {"ranks": [1, 2, 4]}},
+               "comparisons": {f"dora_r{rank} - lora_r{rank}": {"mean": 0.05, "ci95": [-0.1, 0.2]}
+                               for rank in (1, 2, 4)}}
+    assert plots.is_rank_sweep(summary)
+    accuracy, difference = drawn(plots.draw_accuracy_vs_rank(summary))
+    assert legends_clear_of_the_data([accuracy])
+    lora, dora = (container.lines[0] for container in accuracy.containers)  # each errorbar's data line
+    assert (lora.get_marker(), lora.get_linestyle()) != (dora.get_marker(), dora.get_linestyle())
