@@ -17,35 +17,61 @@ chosen on a validation split held out of the training images. Results go to resu
 the first seed's models and adapters).
 """
 
+from __future__ import annotations  # the annotations name torch, which is imported later
+
 import argparse
 import dataclasses
+import shutil
 import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
+from loradora.config import Config, ConfigError, load_config, to_dict, to_yaml
 
-from loradora.adapters import ADAPTERS, count_trainable_parameters
-from loradora.analysis import DecompositionTracker
-from loradora.artifacts import ARTIFACT_FIELDS, format_artifacts, save_method, save_pretrained
-from loradora.cache import cache_path, load_pretrained, save_cached
-from loradora.config import Config, ConfigError, load_config, resolve_device, to_dict, to_yaml
-from loradora.data import DataUnavailable, Split, hold_out, load_mnist
-from loradora.experiment import (Variant, aggregate, choose_rate, decomposition_result, finetune_variants,
-                                 variant_groups)
-from loradora.methods import prepare
-from loradora.model import MLP
-from loradora.plots import write_plots
-from loradora.population import Population, population_chunks, train_population
-from loradora.report import format_report, format_tuning
-from loradora.results import MetricsLog, OutputUnavailable, create_run_dir, environment, write_atomic, write_json
-from loradora.tasks import shift_split, task_label
-from loradora.tensorboard import TensorBoardLog, TensorBoardUnavailable, require_tensorboard
-from loradora.training import Diverged, evaluate, train, use_deterministic_algorithms
+PROJECT = Path(__file__).resolve().parent  # the defaults live here: configs/, data/, results/
+DEFAULT_CONFIG = PROJECT / "configs" / "default.yaml"
+PATH_RULE = ("Relative paths typed on the command line (--config, data.root=, output.dir=, cache.dir=) are "
+             "relative to the current folder; the defaults, and paths written in a config file, are "
+             f"relative to the project folder ({PROJECT}): data/ and results/ are found there from anywhere.")
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
+
+def import_pipeline() -> None:
+    """Import torch and the modules built on it, as this module's globals.
+
+    Deferred from the top of the file so that --help and a bad config answer before torch loads
+    (over a second; BENCHMARKS.md). main() calls it once the config is good; a program that imports
+    this module to call run() calls it first.
+    """
+    global torch, tqdm, ADAPTERS, count_trainable_parameters, DecompositionTracker, ARTIFACT_FIELDS
+    global format_artifacts, save_method, save_pretrained, cache_path, load_pretrained, save_cached
+    global resolve_device, DataUnavailable, Split, hold_out, load_mnist, Variant, aggregate, choose_rate
+    global decomposition_result, finetune_variants, variant_groups, prepare, MLP, write_plots
+    global Population, population_chunks, train_population, format_report, format_tuning, MetricsLog
+    global OutputUnavailable, create_run_dir, environment, write_atomic, write_json, shift_split, task_label
+    global TensorBoardLog, TensorBoardUnavailable, require_tensorboard, Diverged, evaluate, train
+    global use_deterministic_algorithms
+    import torch
+    from tqdm import tqdm
+
+    from loradora.adapters import ADAPTERS, count_trainable_parameters
+    from loradora.analysis import DecompositionTracker
+    from loradora.artifacts import ARTIFACT_FIELDS, format_artifacts, save_method, save_pretrained
+    from loradora.cache import cache_path, load_pretrained, save_cached
+    from loradora.config import resolve_device
+    from loradora.data import DataUnavailable, Split, hold_out, load_mnist
+    from loradora.experiment import (Variant, aggregate, choose_rate, decomposition_result, finetune_variants,
+                                     variant_groups)
+    from loradora.methods import prepare
+    from loradora.model import MLP
+    from loradora.plots import write_plots
+    from loradora.population import Population, population_chunks, train_population
+    from loradora.report import format_report, format_tuning
+    from loradora.results import (MetricsLog, OutputUnavailable, create_run_dir, environment, write_atomic,
+                                  write_json)
+    from loradora.tasks import shift_split, task_label
+    from loradora.tensorboard import TensorBoardLog, TensorBoardUnavailable, require_tensorboard
+    from loradora.training import Diverged, evaluate, train, use_deterministic_algorithms
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     folder (nothing written), 130 interrupted (finished phases kept, summary marked incomplete)."""
     args = parse_args(argv)
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, args.overrides, project=PROJECT)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    import_pipeline()
+    try:
         device = resolve_device(config.device)
         if config.log.tensorboard:
             require_tensorboard()  # a missing package stops the run before its folder is made
@@ -73,9 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     save = lambda: write_json(run_dir / "summary.json", summary)  # noqa: E731
     try:
         run(config, device, summary, record=lambda r: [sink(r) for sink in sinks], checkpoint=save, run_dir=run_dir)
-    except DataUnavailable as error:
-        summary.update(status="failed", error=str(error))
-        save()
+    except DataUnavailable as error:  # raised while loading MNIST, before anything is trained
+        if board is not None:
+            board.close()
+        shutil.rmtree(run_dir)  # so an empty run folder is not left behind to be mistaken for a result
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -100,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Pretrain an MLP on MNIST, fine-tune LoRA and DoRA copies of it, compare them.",
-        epilog="Example: python dora_example.py lora.rank=8 dora.alpha=16 output.run_name=r8",
+        epilog=f"{PATH_RULE} Example: python dora_example.py lora.rank=8 dora.alpha=16 output.run_name=r8",
     )
     parser.add_argument("--config", default=DEFAULT_CONFIG, type=Path,
                         help="YAML file; keys it leaves out keep their defaults (default: %(default)s)")

@@ -92,7 +92,7 @@ def main():
     parser.add_argument("--seeds-repeats", type=int, default=3, help="the same for the seeds' way (slow); 0 skips it")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args()
-    config = load_config(dora_example.DEFAULT_CONFIG, args.overrides)
+    config = load_config(dora_example.DEFAULT_CONFIG, args.overrides, project=dora_example.PROJECT)
     device = resolve_device(config.device)
     data = load_mnist(config.data.root, train=True, device=device, subset=config.data.train_subset,
                       download=config.data.download)

@@ -44,7 +44,9 @@ def main():
     args = parser.parse_args()
     # Like for like: the seeds' way neither reuses a cached base nor records the dM/dD analysis.
     config = load_config(dora_example.DEFAULT_CONFIG,
-                         ["cache.enabled=false", "analysis.every_n_batches=null", *args.overrides])
+                         ["cache.enabled=false", "analysis.every_n_batches=null", *args.overrides],
+                         project=dora_example.PROJECT)
+    dora_example.import_pipeline()  # run() needs torch and the pipeline's modules
     device = resolve_device(config.device)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     times = {"project": [], "seeds' way": []}

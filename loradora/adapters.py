@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SCALINGS = ("standard", "rslora", "alpha")
+from loradora.choices import SCALINGS
+
 # DoRA's floor under ||V||, which is 0 only for an all-zero row: torch's F.normalize divides by
 # max(||v||, 1e-12) for the same reason. Rows of a trained weight have norms many orders above it.
 NORM_EPS = 1e-12
@@ -226,7 +227,7 @@ def row_norms(weight: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(weight, dim=1)
 
 
-ADAPTERS = {"lora": LoRALinear, "dora": DoRALinear}
+ADAPTERS = {"lora": LoRALinear, "dora": DoRALinear}  # keys: choices.ADAPTER_METHODS (tested)
 
 
 def add_adapters(model: nn.Module, method: str, rank: int, alpha: float,

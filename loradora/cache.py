@@ -3,7 +3,10 @@
 The key is a hash of everything that decides the pretrained weights and nothing else: the training
 images used (``data.train_subset``), the model, the pretraining settings, the seed, and, because
 they change the floating-point result, where it runs: torch version, device (the GPU's name, or
-the CPU's name and torch's thread count: 1 and 2 threads sum in different orders, measured). A hit
+the CPU's name and torch's thread count: 1 and 2 threads sum in different orders, measured). It
+also holds a digest of the source files whose code pretrains (SOURCES): an edit to the model, the
+training loop or the data pipeline (ReLU to Tanh, say) misses, where it used to load weights
+trained by the old code into the new model. A hit
 therefore gives bit-identical weights to retraining (a test checks it), so a run's results never
 depend on whether the cache was warm. Fine-tuning, adapter, task, test-set and output settings are
 not in the key.
@@ -20,7 +23,13 @@ from torch import nn
 from loradora.config import Config
 from loradora.results import cpu_name, write_atomic
 
-CACHE_FORMAT = 1  # bump when what a cache file holds, or how a base is trained, changes
+CACHE_FORMAT = 1  # bump when what a cache file holds changes; code changes are in the source digest
+
+# Every file whose code runs while a base is pretrained. Editing any of them, a comment included,
+# retrains the bases once: a few seconds each, against a wrong hit that no result would reveal.
+PACKAGE = Path(__file__).resolve().parent
+SOURCES = (PACKAGE / "choices.py", PACKAGE / "model.py", PACKAGE / "data.py", PACKAGE / "training.py",
+           PACKAGE.parent / "dora_example.py")  # the script seeds and drives the pretraining
 
 
 def pretrain_key(config: Config, seed: int, device: torch.device, population: list[int] | None = None) -> str:
@@ -34,12 +43,23 @@ def pretrain_key(config: Config, seed: int, device: torch.device, population: li
                      "lr": config.pretrain.lr},
         "seed": seed,
         "numerics": numerics(device),
+        "code": source_digest(SOURCES),
     }
     if config.data.validation_size:  # the held-out images are not trained on
         inputs["validation"] = [config.data.validation_size, config.data.validation_seed]
     if population is not None and len(population) > 1:
         inputs["population"] = population
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def source_digest(paths) -> str:
+    """SHA-256 over the files' names and contents, in the order given."""
+    digest = hashlib.sha256()
+    for path in paths:
+        path = Path(path)
+        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def numerics(device: torch.device) -> dict:

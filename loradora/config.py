@@ -13,14 +13,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import yaml
 
-from loradora.adapters import SCALINGS
-from loradora.methods import METHODS
-from loradora.model import N_CLASSES, N_PIXELS
-from loradora.tasks import TASKS
+from loradora.choices import METHODS, N_CLASSES, N_PIXELS, SCALINGS, TASKS
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ConfigError(ValueError):
@@ -123,11 +123,28 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
 
 
-def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Defaults, then the YAML file at ``path``, then each ``key.sub=value`` override, validated."""
+PATH_KEYS = ("data.root", "output.dir", "cache.dir")
+MAX_WIDTH = 16_384  # model.hidden_sizes
+INT64 = 2**63  # torch's seeds and sizes are 64-bit: a larger integer would fail deep inside a run
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (),
+                project: Path | None = None) -> Config:
+    """Defaults, then the YAML file at ``path``, then each ``key.sub=value`` override, validated.
+
+    With ``project``, the paths (PATH_KEYS) come back absolute: one set by an override is relative
+    to the current folder, as whatever the user types in a shell is; the defaults and the paths in
+    a config file are relative to ``project``, so that data/ and results/ are the same folders
+    wherever the script is started from.
+    """
+    if path is not None and project is not None and not Path(path).exists() and (project / path).exists():
+        raise ConfigError(f"cannot read config file {path}: no such file in the current folder {Path.cwd()} "
+                          f"(paths on the command line are relative to it); did you mean {project / path}?")
     raw = read_yaml(path) if path is not None else {}
+    overridden = set()
     for override in overrides:
         keys, value = parse_override(override)
+        overridden.add(".".join(keys))
         section = raw
         for key in keys[:-1]:
             section = section.setdefault(key, {})
@@ -136,15 +153,25 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         section[keys[-1]] = value
     config = build(Config, raw)
     validate(config)
+    if project is not None:
+        for key in PATH_KEYS:
+            section, name = key.split(".")
+            if (value := getattr(getattr(config, section), name)) is not None:
+                base = Path.cwd() if key in overridden else project
+                setattr(getattr(config, section), name, str(base / Path(value).expanduser()))
     return config
 
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+        data = yaml.safe_load(text)
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not a YAML text file: byte {error.object[error.start]:#04x} at offset "
+                          f"{error.start} is not UTF-8") from error
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -201,7 +228,10 @@ def coerce(value, hint, key: str):
         (hint,) = [arg for arg in args if arg is not type(None)]
         args = typing.get_args(hint)  # list[int] | None: the items' type is list[int]'s, not the union's
     if isinstance(value, str) and hint is not str:
-        value = yaml.safe_load(value) if value.strip() else value
+        try:
+            value = yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            raise ConfigError(f"{key}: expected {describe(hint)}, got {value!r}, which is not valid YAML") from None
     origin = typing.get_origin(hint)
     if origin is list:
         if not isinstance(value, list):
@@ -209,17 +239,33 @@ def coerce(value, hint, key: str):
         return [coerce(item, args[0] if args else str, f"{key}[{i}]") for i, item in enumerate(value)]
     if hint is float and isinstance(value, str):
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool) and abs(value) < INT64:
+        value = float(value)
     if type(value) is not hint:
-        raise ConfigError(f"{key}: expected {TYPE_NAMES.get(hint, hint)}, got {value!r}")
+        raise ConfigError(f"{key}: expected {describe(hint)}, got {short_repr(value)}")
+    if hint is int and not -INT64 <= value < INT64:
+        raise ConfigError(f"{key}: got {short_repr(value)}, allowed: an integer of at most 64 bits")
+    if hint is float and not math.isfinite(value):  # YAML reads 1.0e400 as inf; no key means infinity
+        raise ConfigError(f"{key}: got {value!r}, allowed: a finite number")
     return value
 
 
 TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def describe(hint) -> str:
+    return "a list such as [a, b]" if typing.get_origin(hint) is list else TYPE_NAMES.get(hint, str(hint))
+
+
+def short_repr(value) -> str:
+    """``repr(value)``, but a huge integer by its length: the error stays one readable line."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**20:
+        return f"an integer of {len(str(abs(value)))} digits"
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def unknown_key_message(key: str, known: list[str], prefix: str) -> str:
@@ -236,9 +282,12 @@ def validate(config: Config) -> None:
         ("finetune.epochs", config.finetune.epochs >= 0, "an integer >= 0"),
         ("pretrain.batch_size", config.pretrain.batch_size >= 1, "an integer >= 1"),
         ("finetune.batch_size", config.finetune.batch_size >= 1, "an integer >= 1"),
-        ("pretrain.lr", math.isfinite(config.pretrain.lr) and config.pretrain.lr > 0, "a finite number > 0"),
-        ("finetune.lr", math.isfinite(config.finetune.lr) and config.finetune.lr > 0, "a finite number > 0"),
-        ("model.hidden_sizes", all(size >= 1 for size in config.model.hidden_sizes), "integers >= 1"),
+        # Every float is finite by now (coerce), so "> 0" is all a learning rate still needs.
+        ("pretrain.lr", config.pretrain.lr > 0, "a finite number > 0"),
+        ("finetune.lr", config.finetune.lr > 0, "a finite number > 0"),
+        # The bound keeps a typo from asking for terabytes: two 16,384-wide layers are 1 GiB of float32.
+        ("model.hidden_sizes", all(1 <= size <= MAX_WIDTH for size in config.model.hidden_sizes),
+         f"integers from 1 to {MAX_WIDTH:,}"),
         ("log.every_n_batches", config.log.every_n_batches >= 1, "an integer >= 1"),
         ("data.train_subset", config.data.train_subset is None or config.data.train_subset >= 1,
          "null or an integer >= 1"),
@@ -251,18 +300,20 @@ def validate(config: Config) -> None:
         checks += [
             (f"{method}.rank", adapter.rank >= 1, "an integer >= 1"),
             (f"{method}.rank", adapter.rank <= limit, f"an integer from 1 to {limit} for this model"),
-            (f"{method}.alpha", math.isfinite(adapter.alpha) and adapter.alpha > 0, "a finite number > 0"),
+            (f"{method}.alpha", adapter.alpha > 0, "a finite number > 0"),
             (f"{method}.scaling", adapter.scaling in SCALINGS, f"one of {', '.join(SCALINGS)}"),
             (f"{method}.dropout", 0 <= adapter.dropout < 1, "a number from 0 up to, not including, 1"),
         ]
     unknown_methods = [m for m in config.finetune.methods if m not in METHODS]
     checks += [
         ("finetune.methods", not unknown_methods, f"a list drawn from {', '.join(METHODS)}"),
-        ("pretrain.max_loss", config.pretrain.max_loss > 0, "a number > 0"),
-        ("finetune.max_loss", config.finetune.max_loss > 0, "a number > 0"),
+        ("pretrain.max_loss", config.pretrain.max_loss > 0, "a finite number > 0"),
+        ("finetune.max_loss", config.finetune.max_loss > 0, "a finite number > 0"),
         ("output.run_name", is_plain_name(config.output.run_name),
          "null or a folder name without '/', '\\' or '..', so the run stays inside output.dir"),
     ]
+    checks += [(key, "\0" not in (lookup(config, key) or ""), "a path without a NUL character")
+               for key in PATH_KEYS]
     checks += experiment_checks(config)
     for key, ok, allowed in checks:
         if not ok:
@@ -293,13 +344,13 @@ def experiment_checks(config: Config) -> list[tuple[str, bool, str]]:
     return [
         ("finetune.methods", len(set(methods)) == len(methods), "each method at most once"),
         ("finetune.task", config.finetune.task in TASKS, f"one of {', '.join(TASKS)}"),
-        ("finetune.rotate_degrees", math.isfinite(config.finetune.rotate_degrees), "a finite number"),
         ("experiment.seeds", seeds is None or (len(seeds) >= 1 and len(set(seeds)) == len(seeds)),
          "null or a non-empty list of distinct integers"),
         ("experiment.ranks", ranks is None or (len(ranks) >= 1 and len(set(ranks)) == len(ranks)
                                                and min(ranks) >= 1),
          "null or a non-empty list of distinct integers >= 1"),
-        ("experiment.ranks", ranks is None or max(ranks) <= limit, f"ranks up to {limit} for this model"),
+        ("experiment.ranks", ranks is None or all(rank <= limit for rank in ranks),
+         f"ranks up to {limit} for this model"),
         ("analysis.every_n_batches", every is None or every >= 1, "null or an integer >= 1"),
         ("data.validation_size", config.data.validation_size >= 0, "an integer >= 0 (0: no validation split)"),
         ("data.validation_size", config.data.validation_size < (config.data.train_subset or 60_000),
@@ -322,8 +373,14 @@ def experiment_checks(config: Config) -> list[tuple[str, bool, str]]:
     ]
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' is CUDA when there is a GPU, else the CPU; a named device must exist here."""
+def resolve_device(name: str) -> "torch.device":
+    """'auto' is CUDA when there is a GPU, else the CPU; a named device must exist here.
+
+    The one check that needs torch, so it imports torch itself: the rest of this module runs
+    before torch is loaded.
+    """
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -12,9 +12,7 @@ import copy
 from torch import nn
 
 from loradora.adapters import ADAPTERS, add_adapters
-
-BASELINES = ("full", "head")
-METHODS = (*ADAPTERS, *BASELINES)
+from loradora.choices import METHODS
 
 
 def prepare(model: nn.Module, method: str, **adapter_options) -> nn.Module:

@@ -2,8 +2,7 @@
 
 from torch import nn
 
-N_PIXELS = 28 * 28
-N_CLASSES = 10
+from loradora.choices import N_CLASSES, N_PIXELS
 
 
 class MLP(nn.Module):

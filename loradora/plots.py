@@ -5,7 +5,8 @@
     dm_dd.png             with the analysis on: dM against dD per method, with the fitted line
 
 A figure that does not apply to a run is not written. matplotlib's ``Figure`` is used directly, not
-pyplot, so no window or global backend is involved: ``savefig`` renders a PNG with Agg.
+pyplot, so no window or global backend is involved: ``savefig`` renders a PNG with Agg. Legends sit
+outside the axes, so they never cover a point; panels that are compared share their scales.
 
     python -m loradora.plots results/<run>     # draws a finished run's figures again
 """
@@ -90,13 +91,14 @@ def loss_panels(summary: dict, phases: list[str]) -> dict[str, list[str]]:
     return panels
 
 
-def panel_grid(n_panels: int, max_cols: int, panel_size: tuple[float, float]) -> tuple[Figure, list]:
-    """A figure with ``n_panels`` axes in one row of up to ``max_cols``, else two columns."""
+def panel_grid(n_panels: int, max_cols: int, panel_size: tuple[float, float], **share) -> tuple[Figure, list]:
+    """A figure with ``n_panels`` axes in one row of up to ``max_cols``, else two columns; ``share``
+    is sharex/sharey for figure.subplots."""
     n_cols = n_panels if n_panels <= max_cols else 2
     n_rows = -(-n_panels // n_cols)
     width, height = panel_size
     figure = Figure(figsize=(width * n_cols, height * n_rows + 0.4), layout="constrained")
-    axes = list(figure.subplots(n_rows, n_cols, squeeze=False).flat)
+    axes = list(figure.subplots(n_rows, n_cols, squeeze=False, **share).flat)
     for unused in axes[n_panels:]:
         unused.set_visible(False)
     return figure, axes[:n_panels]
@@ -105,7 +107,8 @@ def panel_grid(n_panels: int, max_cols: int, panel_size: tuple[float, float]) ->
 def draw_loss_curves(curves: dict, summary: dict) -> Figure:
     panels = loss_panels(summary, list(curves))
     n_seeds = len(summary["seeds"])
-    figure, axes = panel_grid(len(panels), max_cols=2, panel_size=(6.5, 4.6))
+    # One y-scale for every panel: pretraining's loss and each fine-tuning's are read against each other.
+    figure, axes = panel_grid(len(panels), max_cols=2, panel_size=(8.0, 4.6), sharey=True)
     for ax, (title, phases) in zip(axes, panels.items()):
         by_rank = title.endswith("by rank")
         colors = sequential_colors(len(phases)) if by_rank else [f"C{k}" for k in range(len(phases))]
@@ -122,12 +125,19 @@ def draw_loss_curves(curves: dict, summary: dict) -> Figure:
         ax.set_title(title)
         ax.set_xlabel("optimiser step (batch of the training run)")
         ax.set_ylabel("training-batch cross-entropy loss (log scale)")
+        ax.yaxis.set_tick_params(labelleft=True)  # sharey hides them on the right-hand panels
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize="small", ncols=2 if len(phases) > 4 else 1)
+        legend_outside(ax, ncols=2 if len(phases) > 8 else 1)
     seeds = f"mean over {n_seeds} seeds" if n_seeds > 1 else f"seed {summary['seeds'][0]}"
     figure.suptitle(f"Per-batch training loss ({seeds}); bold: trailing mean over 1/40 of the run"
                     f"{', faint: every batch' if any(len(p) <= 4 for p in panels.values()) else ''}")
     return figure
+
+
+def legend_outside(ax, **options) -> None:
+    """The legend to the right of the axes, where it cannot cover a point; constrained layout
+    makes room for it."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, fontsize="small", **options)
 
 
 def sequential_colors(n: int) -> list:
@@ -139,7 +149,7 @@ def draw_accuracy_vs_rank(summary: dict) -> Figure:
     methods, comparisons = summary["methods"], summary["comparisons"]
     n_seeds = len(summary["seeds"])
     with_differences = bool(comparisons)
-    figure = Figure(figsize=(12 if with_differences else 6.5, 4.8), layout="constrained")
+    figure = Figure(figsize=(14 if with_differences else 8.5, 4.8), layout="constrained")
     axes = figure.subplots(1, 2 if with_differences else 1, squeeze=False)[0]
 
     ax = axes[0]
@@ -149,9 +159,11 @@ def draw_accuracy_vs_rank(summary: dict) -> Figure:
             continue
         ranks = [rank for rank, _ in entries]
         offset = 1.04 if i else 1 / 1.04  # side by side, so the error bars do not hide each other
+        # Own marker and dash pattern each, half see-through: where DoRA's line runs over LoRA's,
+        # both stay visible.
         ax.errorbar([rank * offset for rank in ranks], [r["test_accuracy"] for _, r in entries],
-                    yerr=[r.get("test_accuracy_std") or 0.0 for _, r in entries], marker="o", capsize=3,
-                    label=f"{method}", color=f"C{i}")
+                    yerr=[r.get("test_accuracy_std") or 0.0 for _, r in entries], marker="os"[i], capsize=3,
+                    label=f"{method}", color=f"C{i}", linestyle=LINE_STYLES[i], alpha=0.8)
     for j, name in enumerate(("full", "head", "no_finetune", "pretrained")):
         if name not in methods or (name == "pretrained" and "no_finetune" in methods):
             continue  # the pretrained base on a shifted task is no_finetune; on MNIST it is pretrained
@@ -168,7 +180,7 @@ def draw_accuracy_vs_rank(summary: dict) -> Figure:
     bars = f"mean ± std over {n_seeds} seeds" if n_seeds > 1 else "one seed, no error bars"
     ax.set_title(f"Test accuracy by rank ({bars})")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    legend_outside(ax)
 
     if with_differences:
         ax = axes[1]
@@ -191,7 +203,8 @@ def draw_accuracy_vs_rank(summary: dict) -> Figure:
 def draw_dm_dd(summary: dict) -> Figure:
     """The DoRA paper's figure 2 for this run: one panel per method, a marker per layer."""
     fits = summary["decomposition"]
-    figure, axes = panel_grid(len(fits), max_cols=3, panel_size=(5.2, 4.4))
+    # The methods are compared by where their points lie, so every panel has the same axes.
+    figure, axes = panel_grid(len(fits), max_cols=3, panel_size=(5.2, 6.0), sharex=True, sharey=True)
     for ax, (name, line) in zip(axes, fits.items()):
         points = [point for run in summary["runs"] if name in run["decomposition"]  # not where it diverged
                   for point in run["decomposition"][name]["points"]]
@@ -210,14 +223,51 @@ def draw_dm_dd(summary: dict) -> Figure:
         ax.set_ylabel("ΔM: mean |Δ row norm| vs. W0 (magnitude)")
         ax.xaxis.set_major_formatter("{x:.3g}")  # plain numbers: an offset label would collide with the axis label
         ax.yaxis.set_major_formatter("{x:.3g}")
+        ax.xaxis.set_tick_params(labelbottom=True)  # sharex/sharey hide them on inner panels
+        ax.yaxis.set_tick_params(labelleft=True)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize="small")  # below: panels sit side by side
     seeds = len(summary["seeds"])
     figure.suptitle(f"Magnitude vs. direction change of the effective weights during fine-tuning "
                     f"(every checkpoint and layer{f', {seeds} seeds' if seeds > 1 else ''})")
     return figure
 
 
-if __name__ == "__main__":
-    for path in write_plots(Path(sys.argv[1])):
+USAGE = "usage: python -m loradora.plots RUN_FOLDER   (a finished run: results/<run_name>/)"
+
+
+def main(argv: list[str]) -> int:
+    """Draw a finished run's figures again; 2 with one line (usage or why) when it cannot."""
+    if len(argv) != 1 or argv[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stderr)
+        return 2
+    run_dir = Path(argv[0])
+    problem = unfinished(run_dir)
+    if problem:
+        print(f"error: {run_dir}: {problem}", file=sys.stderr)
+        return 2
+    for path in write_plots(run_dir):
         print(path)
+    return 0
+
+
+def unfinished(run_dir: Path) -> str | None:
+    """Why ``run_dir`` is not a finished run's folder, or None when it is one."""
+    if not run_dir.is_dir():
+        return "no such folder" if not run_dir.exists() else "not a folder"
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except FileNotFoundError:
+        return "no summary.json: not a run folder, or a run that stopped before its first phase"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"summary.json cannot be read: {error}"
+    status = summary.get("status") if isinstance(summary, dict) else None
+    if status != "complete":
+        return f"the run did not finish (status: {status}); only a complete run's figures are drawn"
+    if not (run_dir / "metrics.jsonl").is_file():
+        return "no metrics.jsonl"
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

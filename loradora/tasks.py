@@ -12,13 +12,10 @@ The same shift applies to the training and the test split, so accuracy is measur
 """
 
 import torch
-import torchvision.transforms.v2.functional as TF
-from torchvision.transforms import InterpolationMode
 
+from loradora.choices import N_PIXELS, TASKS
 from loradora.data import Split
-from loradora.model import N_PIXELS
 
-TASKS = ("same", "rotate", "permute")
 SIDE = 28  # MNIST images are 28 x 28, stored flattened
 
 
@@ -35,6 +32,11 @@ def shift_split(split: Split, task: str, rotate_degrees: float = 0.0, permutatio
 
 def rotate_images(images: torch.Tensor, degrees: float) -> torch.Tensor:
     """(N, 784) flattened images, each rotated about its centre; pixels rotated in from outside are 0."""
+    # torchvision is imported here, not at the top: only this task needs its transforms, and
+    # importing it costs about a second of every run's start-up.
+    import torchvision.transforms.v2.functional as TF
+    from torchvision.transforms import InterpolationMode
+
     square = images.reshape(-1, 1, SIDE, SIDE)
     rotated = TF.rotate(square, degrees, interpolation=InterpolationMode.BILINEAR, fill=0.0)
     return rotated.reshape(len(images), N_PIXELS)

@@ -54,3 +54,10 @@ class Tower(nn.Module):
 # the second block's projections, the embedding (with bias) and the head (without).
 TOWER_TARGETS = ["embed", "blocks.1.up", "blocks.1.down", "head"]
 TOWER_PATTERNS = [r"embed|blocks\.1\.(up|down)|head", ["embed", "1.up", "1.down", "head"]]
+
+
+def rounding_bound(reference: torch.Tensor) -> float:
+    """How far two float32 computations of ``reference`` may differ by rounding alone: 1e-5 of its
+    scale (and absolutely near zero). Rounding errors grow with the values, so an absolute bound
+    holds small logits tight and fails larger ones on another machine (1.1e-5 at logits of ~40)."""
+    return 1e-5 * max(1.0, reference.abs().max().item())

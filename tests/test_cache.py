@@ -1,12 +1,14 @@
 """The pretrained-base cache: what its key holds, and that a hit changes no result."""
 
 import json
+import shutil
 
 import pytest
 import torch
 
 import dora_example
 from conftest import REPO
+from loradora import cache
 from loradora.cache import cache_dir, load_pretrained, pretrain_key, save_cached
 from loradora.config import load_config
 from loradora.model import MLP
@@ -97,3 +99,20 @@ def test_a_fine_tuning_change_reuses_the_base_and_a_pretraining_change_does_not(
     tiny_run(tmp_path, mnist_root, "off", "cache.enabled=false")
     assert "reusing pretrained base" not in capsys.readouterr().out
     assert len(list((tmp_path / ".pretrained_cache").glob("*.pt"))) == 2  # first and lr; off wrote none
+
+
+def test_an_edit_to_the_code_that_pretrains_misses(tmp_path, monkeypatch):
+    # The issue's case: ReLU changed to Tanh in model.py used to hit and load the ReLU-trained weights.
+    copy = tmp_path / "loradora"
+    shutil.copytree(REPO / "loradora", copy)
+    shutil.copy(REPO / "dora_example.py", tmp_path / "dora_example.py")
+    monkeypatch.setattr(cache, "SOURCES", tuple(copy.parent / path.relative_to(REPO) for path in cache.SOURCES))
+    assert pretrain_key(load_config(), 1, CPU) == BASE_KEY  # an unedited copy is the same code
+    model = copy / "model.py"
+    model.write_text(model.read_text().replace("nn.ReLU()", "nn.Tanh()"))
+    assert pretrain_key(load_config(), 1, CPU) != BASE_KEY
+
+
+def test_the_sources_are_the_code_that_pretrains():
+    assert {path.name for path in cache.SOURCES} >= {"model.py", "training.py", "data.py", "dora_example.py"}
+    assert all(path.is_file() for path in cache.SOURCES)

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from loradora.adapters import count_trainable_parameters
+from loradora.adapters import ADAPTERS, count_trainable_parameters
+from loradora.choices import ADAPTER_METHODS
 from loradora.methods import prepare
 from loradora.model import MLP
 
@@ -32,3 +33,7 @@ def test_adapters_go_through_add_adapters(method, expected):
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="unknown fine-tuning method"):
         prepare(torch.nn.Linear(2, 2), "prefix")
+
+
+def test_the_torch_free_names_match_the_implementations():
+    assert tuple(ADAPTERS) == ADAPTER_METHODS

@@ -100,6 +100,7 @@ def test_cli_rejects_bad_keys_before_any_work(tmp_path, override, key):
 
 
 def test_frozen_weights_are_checked_after_fine_tuning():
+    dora_example.import_pipeline()  # assert_unchanged needs torch, which main() would have imported
     model = torch.nn.Linear(3, 2)
     frozen = {name: p.detach().clone() for name, p in model.named_parameters()}
     dora_example.assert_unchanged(model, frozen, "lora")

@@ -1,0 +1,15 @@
+"""What a config may name, and the shape of an MNIST image: plain constants, free of torch.
+
+``loradora.config`` checks a config against these before anything imports torch (which takes
+seconds), so ``--help`` and a bad key answer at once; the modules that implement each choice import
+their names from here, so the two cannot drift apart.
+"""
+
+SCALINGS = ("standard", "rslora", "alpha")  # loradora/adapters.py: lora_scaling
+ADAPTER_METHODS = ("lora", "dora")          # loradora/adapters.py: ADAPTERS
+BASELINES = ("full", "head")                # loradora/methods.py: prepare
+METHODS = (*ADAPTER_METHODS, *BASELINES)
+TASKS = ("same", "rotate", "permute")       # loradora/tasks.py: shift_split
+
+N_PIXELS = 28 * 28  # an MNIST image, flattened
+N_CLASSES = 10

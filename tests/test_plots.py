@@ -1,0 +1,118 @@
+"""The figures, drawn from a small finished run written by hand, and the plots command's refusals."""
+
+import json
+import math
+
+import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+from loradora import plots
+
+METHODS = ("pretrained", "lora", "dora")
+
+
+def finished_run(run_dir, status="complete"):
+    """The files of a one-seed run of pretrained, lora and dora, with the dM/dD analysis on."""
+    run_dir.mkdir()
+    # Losses of very different scales: pretraining starts at ln(10), fine-tuning is 100x lower.
+    records = [{"phase": phase, "seed": 1, "kind": "epoch",
+                "batch_losses": [scale * math.exp(-i / 50) for i in range(200)]}
+               for phase, scale in zip(METHODS, (2.3, 0.02, 0.021))]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    layers = {"layers.0": [128, 784], "layers.2": [256, 128]}
+    points = {name: [{"layer": layer, "dD": k * 0.001 * (1 + j), "dM": k * 0.01 * (2 - j)}
+                     for k in range(1, 6) for j, layer in enumerate(layers)] for name in ("lora", "dora")}
+    summary = {
+        "status": status, "seeds": [1], "comparisons": {},
+        "config": {"experiment": {"ranks": None}, "finetune": {"task": "same"}},
+        "methods": {"pretrained": {"test_accuracy": 95.0},
+                    "lora": {"method": "lora", "rank": 4, "test_accuracy": 97.0},
+                    "dora": {"method": "dora", "rank": 4, "test_accuracy": 97.1}},
+        "decomposition": {"lora": {"slope": 10.0, "intercept": 0.0, "correlation": 0.9},
+                          "dora": {"slope": -3.0, "intercept": 0.05, "correlation": -0.5}},
+        "runs": [{"seed": 1, "decomposition": {name: {"points": p, "layers": layers} for name, p in points.items()}}],
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    return run_dir
+
+
+def drawn(figure):
+    FigureCanvasAgg(figure).draw()
+    return [ax for ax in figure.axes if ax.get_visible()]
+
+
+def legends_clear_of_the_data(axes) -> bool:
+    return all(not ax.get_legend().get_window_extent().overlaps(ax.get_window_extent()) for ax in axes)
+
+
+def test_write_plots_draws_the_figures_that_apply(tmp_path):
+    run = finished_run(tmp_path / "run")
+    assert plots.write_plots(run) == [run / "loss_curves.png", run / "dm_dd.png"]
+    assert all((run / name).read_bytes().startswith(b"\x89PNG") for name in ("loss_curves.png", "dm_dd.png"))
+
+
+def test_loss_panels_share_a_y_scale_and_keep_their_legends_outside(tmp_path):
+    run = finished_run(tmp_path / "run")
+    summary = json.loads((run / "summary.json").read_text())
+    axes = drawn(plots.draw_loss_curves(plots.loss_curves(run / "metrics.jsonl"), summary))
+    assert len(axes) == 2 and axes[0].get_ylim() == axes[1].get_ylim()
+    assert legends_clear_of_the_data(axes)
+    lora, dora = axes[1].get_lines()[1::2]  # faint every-batch line, then the bold trailing mean
+    assert lora.get_linestyle() != dora.get_linestyle()  # DoRA drawn over LoRA leaves LoRA visible
+
+
+def test_dm_dd_panels_share_both_scales_and_keep_their_legends_outside(tmp_path):
+    summary = json.loads((finished_run(tmp_path / "run") / "summary.json").read_text())
+    axes = drawn(plots.draw_dm_dd(summary))
+    assert len(axes) == 2
+    assert axes[0].get_xlim() == axes[1].get_xlim() and axes[0].get_ylim() == axes[1].get_ylim()
+    assert legends_clear_of_the_data(axes)
+
+
+def test_the_plots_command_redraws_a_finished_run(tmp_path, capsys):
+    run = finished_run(tmp_path / "run")
+    assert plots.main([str(run)]) == 0
+    assert capsys.readouterr().out.split() == [str(run / "loss_curves.png"), str(run / "dm_dd.png")]
+
+
+@pytest.mark.parametrize("argv", [[], ["a", "b"], ["--help"]])
+def test_the_plots_command_without_one_folder_prints_its_usage(argv, capsys):
+    assert plots.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: python -m loradora.plots") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda path: None, "no such folder"),
+    (lambda path: path.write_text("x"), "not a folder"),
+    (lambda path: path.mkdir(), "no summary.json"),
+    (lambda path: (path.mkdir(), (path / "summary.json").write_text("{")), "summary.json cannot be read"),
+    (lambda path: (path.mkdir(), (path / "summary.json").write_bytes(b"\xff")), "summary.json cannot be read"),
+    (lambda path: (path.mkdir(), (path / "summary.json").write_text("[]")), "status: None"),
+    (lambda path: finished_run(path, status="failed"), "the run did not finish (status: failed)"),
+    (lambda path: finished_run(path, status="interrupted"), "status: interrupted"),
+    (lambda path: finished_run(path, status="running"), "status: running"),
+    (lambda path: (finished_run(path), (path / "metrics.jsonl").unlink()), "no metrics.jsonl"),
+])
+def test_the_plots_command_refuses_what_is_not_a_finished_run_in_one_line(tmp_path, capsys, make, message):
+    path = tmp_path / "run"
+    make(path)
+    assert plots.main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "run" / "loss_curves.png").exists()
+
+
+def test_accuracy_by_rank_keeps_its_legend_outside_and_the_adapters_apart():
+    methods = {f"{method}_r{rank}": {"method": method, "rank": rank, "test_accuracy": 97.0 + rank / 10,
+                                     "test_accuracy_std": 0.1}
+               for method in ("lora", "dora") for rank in (1, 2, 4)}
+    methods |= {"full": {"test_accuracy": 96.8, "test_accuracy_std": 0.3}, "head": {"test_accuracy": 97.2}}
+    summary = {"methods": methods, "seeds": [1, 2, 3], "config": {"experiment": {"ranks": [1, 2, 4]}},
+               "comparisons": {f"dora_r{rank} - lora_r{rank}": {"mean": 0.05, "ci95": [-0.1, 0.2]}
+                               for rank in (1, 2, 4)}}
+    assert plots.is_rank_sweep(summary)
+    accuracy, difference = drawn(plots.draw_accuracy_vs_rank(summary))
+    assert legends_clear_of_the_data([accuracy])
+    lora, dora = (container.lines[0] for container in accuracy.containers)  # each errorbar's data line
+    assert (lora.get_marker(), lora.get_linestyle()) != (dora.get_marker(), dora.get_linestyle())
