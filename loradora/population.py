@@ -307,14 +307,15 @@ def train_population(population: Population, data: Split, *, epochs: int, batch_
                     for j in sorted(set(range(len(alive))) - set(keep)):
                         runs[alive[j]].diverged = (f"a batch loss reached {worst_loss[j].item():.4g} (max_loss "
                                                    f"{max_loss:g}) by epoch {epoch}, batch {batch}")
+                    if not keep:  # every member diverged: nothing left to train
+                        population.write_back()
+                        return runs
                     population = trainer.keep(keep)
                     alive = [alive[j] for j in keep]
                     batches = [tuple(step_indices[j] for j in keep) for step_indices in batches]
                     rows = torch.tensor(keep, device=device)
                     batch_losses = [row[rows] for row in batch_losses]
                     correct, worst_loss, losses = correct[rows], worst_loss[rows], losses[rows]
-                    if not alive:
-                        return runs
             if batch % log_every == 0:
                 log({i: {"kind": "batch", "epoch": epoch, "epochs": epochs, "batch": batch,
                          "batches": len(batches), "loss": loss} for i, loss in zip(alive, losses.tolist())})

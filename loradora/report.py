@@ -47,21 +47,32 @@ def format_tuning(tuning: dict) -> str:
 
 
 def format_seed_table(methods: dict, seeds: list[int]) -> str:
-    """Mean +- sample std over seeds, with each seed's accuracy."""
+    """Mean +- sample std over seeds, with each seed's accuracy (up to 10 seeds: beyond, summary.json
+    has them). A method that diverged for some seeds is averaged over the others, and says so."""
+    per_seed = len(seeds) <= 10
     header = ("method", "rank", "trainable params", f"test accuracy, mean ± std over {len(seeds)} seeds",
-              f"per seed ({', '.join(map(str, seeds))})", "train s")
+              *([f"per seed ({', '.join(map(str, seeds))})"] if per_seed else []), "train s")
     rows = [header]
     for name, result in methods.items():
-        n_test = f" of {result['n_test']:,}"
         rows.append((
             name,
             str(result.get("rank", "-")),
             f"{result['trainable_params']:,}",
-            f"{result['test_accuracy']:.2f} ± {result['test_accuracy_std']:.2f}%{n_test}",
-            " ".join(f"{accuracy:.2f}" for accuracy in result["test_accuracies"]),
-            f"{result['train_seconds']:.1f}",
+            seed_accuracy_cell(result),
+            *([" ".join("diverged" if accuracy is None else f"{accuracy:.2f}"
+                        for accuracy in result["test_accuracies"])] if per_seed else []),
+            "-" if result["train_seconds"] is None else f"{result['train_seconds']:.1f}",
         ))
     return align(rows)
+
+
+def seed_accuracy_cell(result: dict) -> str:
+    diverged = f" ({result['n_diverged']} diverged)" if result.get("n_diverged") else ""
+    if result["test_accuracy"] is None:
+        return "diverged on every seed"
+    std = result["test_accuracy_std"]
+    spread = f" ± {std:.2f}" if std is not None else ""
+    return f"{result['test_accuracy']:.2f}{spread}% of {result['n_test']:,}{diverged}"
 
 
 def align(rows: list[tuple[str, ...]]) -> str:

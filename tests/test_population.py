@@ -303,3 +303,12 @@ def test_dropout_gives_each_member_its_own_mask_and_the_adapters_math(method):
         torch.testing.assert_close(stacked.lora_B.grad[i, :rank], model.layers[0].lora_B.grad.t(), rtol=1e-12, atol=0)
         if method == "dora":
             torch.testing.assert_close(stacked.magnitude.grad[i, 0], model.layers[0].magnitude.grad, rtol=1e-12, atol=0)
+
+
+def test_when_every_member_diverges_the_population_stops():
+    data = synthetic(4 * BATCH, torch.float64)
+    models = members(("lora", {"alpha": 8.0}, (4, 4, 4)), torch.float64)
+    for model in models:
+        model.layers[0].scaling = 1e9
+    _, runs = losses_together(models, data, epochs=2, max_loss=1000.0)
+    assert all(run.diverged and run.epoch_records == [] for run in runs)
