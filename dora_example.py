@@ -543,48 +543,40 @@ def assert_unchanged(model: torch.nn.Module, frozen: dict, phase: str) -> None:
 def show(record: dict) -> None:
     """Print a metrics record; batch lines keep the seeds' format. Records replayed from the
     pretrained cache are not printed again, nor a population's per-member records (show_members
-    prints those)."""
+    prints those), nor the tuning record (its table is printed)."""
     if record.get("cached") or record.get("member") or record["kind"] == "tuning":
         return
-    kind, phase = record["kind"], record["phase"]
-    if kind == "batch":
-        line = (f"Epoch: {record['epoch']:03d}/{record['epochs']:03d} | "
-                f"Batch {record['batch']:03d}/{record['batches']:03d} | Loss: {record['loss']:.4f}")
-    elif kind == "epoch":
-        line = (f"Epoch: {record['epoch']:03d}/{record['epochs']:03d} | {phase} train loss "
-                f"{record['loss']:.4f} | train accuracy {record['train_accuracy']:.2f}% of "
-                f"{record['n_train']:,} | {record['seconds']:.2f} s")
-    elif kind == "diverged":
-        line = f"{phase} diverged and was stopped: {record['message']}; its results are not used"
+    if record["kind"] == "diverged":
+        tqdm.write(f"{record['phase']} diverged and was stopped: {record['message']}; its results are not used")
     else:
-        line = f"{phase}: test accuracy {record['test_accuracy']:.2f}% of {record['n_test']:,} images"
-    tqdm.write(line)  # through tqdm, so a progress bar on a terminal is not broken up
+        show_members(record["phase"], [record])
 
 
 def show_members(label: str, records: list[dict]) -> None:
-    """One line for the same record of every member of a population: the mean, and the range."""
+    """One line for the same record of one model, or of every member of a population: then each
+    number is the members' mean with their [min, max]."""
     if not records:
         return
-    first = records[0]
-    kind = first["kind"]
+    first, many = records[0], len(records) > 1
 
     def stat(key: str, fmt: str) -> str:
         values = [r[key] for r in records]
         return (f"{sum(values) / len(values):{fmt}} [{min(values):{fmt}}, {max(values):{fmt}}]"
-                if len(values) > 1 else f"{values[0]:{fmt}}")
+                if many else f"{values[0]:{fmt}}")
 
-    of = f"{len(records)} models" if len(records) > 1 else "1 model"
-    if kind == "batch":
-        line = (f"Epoch: {first['epoch']:03d}/{first['epochs']:03d} | Batch {first['batch']:03d}/"
-                f"{first['batches']:03d} | Loss: {stat('loss', '.4f')} (mean [min, max] of {of})")
-    elif kind == "epoch":
-        line = (f"Epoch: {first['epoch']:03d}/{first['epochs']:03d} | {label} train loss {stat('loss', '.4f')} "
-                f"| train accuracy {stat('train_accuracy', '.2f')}% of {first['n_train']:,} | "
-                f"{first['seconds']:.2f} s per model ({of})")
+    of = f" (mean [min, max] of {len(records)} models)" if many else ""
+    epoch = f"Epoch: {first['epoch']:03d}/{first['epochs']:03d}" if "epoch" in first else ""
+    if first["kind"] == "batch":
+        line = f"{epoch} | Batch {first['batch']:03d}/{first['batches']:03d} | Loss: {stat('loss', '.4f')}{of}"
+    elif first["kind"] == "epoch":
+        line = (f"{epoch} | {label} train loss {stat('loss', '.4f')} | train accuracy "
+                f"{stat('train_accuracy', '.2f')}% of {first['n_train']:,} | {first['seconds']:.2f} s"
+                f"{f' per model{of}' if many else ''}")
     else:
-        line = (f"{label}: test accuracy {stat('test_accuracy', '.2f')}% (mean [min, max] of {of}), each of "
-                f"{first['n_test']:,} images")
-    tqdm.write(line)
+        line = (f"{label}: test accuracy {stat('test_accuracy', '.2f')}%{of} of {first['n_test']:,} images"
+                if not many else f"{label}: test accuracy {stat('test_accuracy', '.2f')}%{of}, each of "
+                                 f"{first['n_test']:,} images")
+    tqdm.write(line)  # through tqdm, so a progress bar on a terminal is not broken up
 
 
 if __name__ == "__main__":

@@ -275,9 +275,9 @@ def train_population(population: Population, data: Split, *, epochs: int, batch_
     receives {member index: record} at every ``log_every``-th batch and at each epoch's end. A
     member whose worst loss so far is non-finite or above ``max_loss`` at a logged batch is
     diverged: it is taken out of the population (its weights as they were) and the others go on.
-    ``lr`` is one rate for every member or one per member. ``checkpoint(step, alive)`` runs after every ``checkpoint_every``-th step with the members
-    written back into their modules; ``alive`` lists the indices still training. The members'
-    modules hold their trained weights when this returns.
+    ``lr`` is one rate for every member or one per member. ``checkpoint(step, alive)`` runs after
+    every ``checkpoint_every``-th step with the members written back into their modules; ``alive``
+    lists the indices still training. The members' modules hold their trained weights on return.
     """
     device = data.images.device
     runs = [MemberRun([]) for _ in range(len(population))]
