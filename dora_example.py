@@ -260,8 +260,10 @@ def run_populations(config: Config, runs: list[dict], summary: dict, mnist: Spli
             record({"kind": "tuning", "phase": name, "lr": tuning["lr"],
                     "validation_accuracy": tuning["validation_accuracy"]})
         rates = {name: tuning["lr"] for name, tuning in summary["tuning"].items()}
-    # with tuning, also every variant at the shared rate, as configured, unless the grid chose it for all
-    shared_too = config.experiment.lrs and set(rates.values()) != {config.finetune.lr}
+    # with tuning, also every variant at the shared rate, as configured (unless turned off, or the
+    # grid chose that rate for every variant)
+    shared_too = (config.experiment.lrs and config.experiment.shared_lr
+                  and set(rates.values()) != {config.finetune.lr})
     for variants in variant_groups(config):  # a method, at the ranks of one bucket
         finetune_populations(config, runs, bases, task, variants, rates, device, record, progress, run_dir)
         if shared_too:
@@ -275,11 +277,12 @@ def run_populations(config: Config, runs: list[dict], summary: dict, mnist: Spli
                         result["methods"][f"{variant.name}@shared"] = {
                             key: value for key, value in result["methods"][variant.name].items()
                             if key not in ARTIFACT_FIELDS}
-    order = [variant.name for variant in finetune_variants(config)]
-    order += [f"{name}@shared" for name in order]
-    for result in runs:  # the table order of a one-seed-at-a-time run
+    # the table order of a one-seed-at-a-time run, each variant's shared-rate runs beside it
+    order = [name for variant in finetune_variants(config) for name in (variant.name, f"{variant.name}@shared")]
+    for result in runs:
         result["methods"] = dict(sorted(result["methods"].items(),
                                         key=lambda item: order.index(item[0]) if item[0] in order else -1))
+    progress()
     return "complete"
 
 

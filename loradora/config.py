@@ -79,6 +79,7 @@ class ExperimentConfig:
     population: int | str = "auto"
     lrs: list[float] | None = None
     tuning_seeds: list[int] | None = None
+    shared_lr: bool = True
     margin: float = 0.05
 
 

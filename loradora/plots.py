@@ -184,10 +184,14 @@ def draw_accuracy_vs_rank(summary: dict) -> Figure:
 
     if with_differences:
         ax = axes[1]
-        rows = sorted((methods[pair.split(" - ")[0]]["rank"], c) for pair, c in comparisons.items())
+        rows = sorted((methods[pair.split(" - ")[0]]["rank"], c) for pair, c in comparisons.items()
+                      if "@" not in pair)  # the tuned runs; "@shared" ones are another family
         ranks = [rank for rank, _ in rows]
         means = [c["mean"] for _, c in rows]
-        errors = [[c["mean"] - c["ci95"][0] for _, c in rows], [c["ci95"][1] - c["mean"] for _, c in rows]]
+        # the interval the verdict reads: Bonferroni-widened when several ranks are compared
+        errors = [[c["mean"] - c["ci"][0] for _, c in rows], [c["ci"][1] - c["mean"] for _, c in rows]]
+        level = f"{100 * rows[0][1]['confidence']:.4g}%"
+        adjusted = f", Bonferroni over {len(rows)} ranks" if len(rows) > 1 else ""
         ax.errorbar(ranks, means, yerr=errors, marker="o", capsize=3, color="C1", label="dora - lora")
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xscale("log", base=2)
@@ -195,7 +199,7 @@ def draw_accuracy_vs_rank(summary: dict) -> Figure:
         ax.get_xaxis().set_major_formatter("{x:g}")
         ax.set_xlabel("adapter rank r")
         ax.set_ylabel("DoRA - LoRA test accuracy (points)")
-        ax.set_title(f"Paired difference by seed, with 95% t interval ({n_seeds} seeds)")
+        ax.set_title(f"Paired difference by seed ({n_seeds} seeds)\n{level} t interval{adjusted}")
         ax.grid(True, alpha=0.3)
     return figure
 

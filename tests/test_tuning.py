@@ -120,6 +120,9 @@ def test_rates_are_chosen_on_validation_and_the_test_set_plays_no_part(tmp_path,
         assert result["lr"] == choose_rate({float(k): v for k, v in result["validation_accuracy"].items()})
         assert all(run["methods"][name]["lr"] == result["lr"] for run in summary["runs"])
     assert summary["methods"]["lora"]["n_test"] == 200
+    # and, as configured, every method at the shared finetune.lr (0.005, not in the grid)
+    assert list(summary["methods"]) == ["pretrained", "lora", "lora@shared", "dora", "dora@shared"]
+    assert summary["methods"]["dora@shared"]["lr"] == 0.005 and "dora@shared - lora@shared" in summary["comparisons"]
     # Scramble the test labels: the rates chosen, and every validation accuracy, stay the same.
     load = dora_example.load_mnist
 
@@ -129,3 +132,8 @@ def test_rates_are_chosen_on_validation_and_the_test_set_plays_no_part(tmp_path,
 
     monkeypatch.setattr(dora_example, "load_mnist", scrambled)
     assert tuning_run(tmp_path, mnist_root, "scrambled")["tuning"] == tuning
+
+
+def test_the_shared_rate_runs_can_be_left_out(tmp_path, mnist_root):
+    summary = tuning_run(tmp_path, mnist_root, "fair_only", "experiment.shared_lr=false")
+    assert list(summary["methods"]) == ["pretrained", "lora", "dora"] and list(summary["comparisons"]) == ["dora - lora"]
