@@ -47,10 +47,10 @@ def import_pipeline() -> None:
     global format_artifacts, save_method, save_pretrained, cache_path, load_pretrained, save_cached
     global resolve_device, DataUnavailable, Split, hold_out, load_mnist, Variant, aggregate, choose_rate
     global decomposition_result, finetune_variants, variant_groups, prepare, MLP, write_plots
-    global Population, population_chunks, train_population, format_report, format_tuning, MetricsLog
+    global population_chunks, format_report, format_tuning, MetricsLog
     global OutputUnavailable, create_run_dir, environment, write_atomic, write_json, shift_split, task_label
     global TensorBoardLog, TensorBoardUnavailable, require_tensorboard, Diverged, evaluate, train
-    global use_deterministic_algorithms
+    global use_deterministic_algorithms, LauncherUnavailable, LocalLauncher, TrainJob, make_launcher
     import torch
     from tqdm import tqdm
 
@@ -62,10 +62,11 @@ def import_pipeline() -> None:
     from loradora.data import DataUnavailable, Split, hold_out, load_mnist
     from loradora.experiment import (Variant, aggregate, choose_rate, decomposition_result, finetune_variants,
                                      variant_groups)
+    from loradora.launcher import LauncherUnavailable, LocalLauncher, TrainJob, make_launcher
     from loradora.methods import prepare
     from loradora.model import MLP
     from loradora.plots import write_plots
-    from loradora.population import Population, population_chunks, train_population
+    from loradora.population import population_chunks
     from loradora.report import format_report, format_tuning
     from loradora.results import (MetricsLog, OutputUnavailable, create_run_dir, environment, write_atomic,
                                   write_json)
@@ -84,12 +85,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     import_pipeline()
+    launcher = None
     try:
         device = resolve_device(config.device)
         if config.log.tensorboard:
             require_tensorboard()  # a missing package stops the run before its folder is made
+        # so do a missing ray package and a cluster that cannot be joined
+        launcher = make_launcher(config.experiment.launcher, config.ray.address, device)
         run_dir = create_run_dir(config.output.dir, config.output.run_name)
-    except (ConfigError, OutputUnavailable, TensorBoardUnavailable) as error:
+    except (ConfigError, OutputUnavailable, TensorBoardUnavailable, LauncherUnavailable) as error:
+        if launcher is not None:
+            launcher.close()
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(to_yaml(config))
@@ -103,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = new_summary(config, device)
     save = lambda: write_json(run_dir / "summary.json", summary)  # noqa: E731
     try:
-        run(config, device, summary, record=lambda r: [sink(r) for sink in sinks], checkpoint=save, run_dir=run_dir)
+        run(config, device, summary, record=lambda r: [sink(r) for sink in sinks], checkpoint=save, run_dir=run_dir,
+            launcher=launcher)
     except DataUnavailable as error:  # raised while loading MNIST, before anything is trained
         if board is not None:
             board.close()
@@ -119,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if board is not None:
             board.close()
+        launcher.close()
     save()
     print("\n" + format_report(summary))
     if artifacts := format_artifacts(summary["runs"][0]["methods"]):  # the files are the first seed's
@@ -147,7 +155,7 @@ def new_summary(config: Config, device: torch.device) -> dict:
 
 
 def run(config: Config, device: torch.device, summary: dict, record=lambda r: None,
-        checkpoint=lambda: None, run_dir: Path | None = None) -> dict:
+        checkpoint=lambda: None, run_dir: Path | None = None, launcher=None) -> dict:
     """The whole experiment, once per seed, filling ``summary`` as it goes.
 
     ``record`` receives every metrics record; ``checkpoint`` is called after each phase, so an
@@ -155,7 +163,8 @@ def run(config: Config, device: torch.device, summary: dict, record=lambda r: No
     still run; a pretraining that diverges leaves nothing to fine-tune. With ``run_dir`` the first
     seed's models and adapters are saved there too (benchmarks leave it out). With several seeds
     and ``experiment.population`` other than 1, each phase trains its seeds (and a sweep's ranks)
-    as populations instead of one seed after another (``run_populations``).
+    as populations instead of one seed after another (``run_populations``), each trained where
+    ``launcher`` puts it (loradora/launcher.py; default: here, one after another).
     """
     mnist, task = load_data(config, device)
     seeds = config.experiment.seeds or [config.seed]
@@ -167,7 +176,8 @@ def run(config: Config, device: torch.device, summary: dict, record=lambda r: No
         checkpoint()
 
     if config.experiment.lrs or (len(seeds) > 1 and config.experiment.population != 1):
-        summary["status"] = run_populations(config, runs, summary, mnist, task, device, record, progress, run_dir)
+        summary["status"] = run_populations(config, runs, summary, mnist, task, device, record, progress, run_dir,
+                                            launcher or LocalLauncher())
         return summary
     for i, (seed, result) in enumerate(zip(seeds, runs), 1):
         if len(seeds) > 1:
@@ -231,7 +241,7 @@ def run_once(config: Config, seed: int, mnist: Splits, task: Splits, device: tor
 
 
 def run_populations(config: Config, runs: list[dict], summary: dict, mnist: Splits, task: Splits,
-                    device: torch.device, record, progress, run_dir: Path | None) -> str:
+                    device: torch.device, record, progress, run_dir: Path | None, launcher) -> str:
     """``run`` phase by phase: every seed's pretraining, then each fine-tuning method at each rank
     bucket for every seed, each as populations of ``experiment.population`` models trained at once.
     Fills ``runs`` as ``run_once`` does for each seed; returns the run's status.
@@ -240,9 +250,12 @@ def run_populations(config: Config, runs: list[dict], summary: dict, mnist: Spli
     and is scored on the validation split; the rate with the best mean validation accuracy is its
     rate for every seed (summary["tuning"]). The test set is scored only after that choice, at the
     chosen rates, and at the shared ``finetune.lr`` as "<variant>@shared" for comparison.
+
+    Each phase (the pretraining, the tuning, a method at a rank bucket) submits all its populations
+    to ``launcher`` before it collects the first, then collects and reports them in order.
     """
     seeds = [result["seed"] for result in runs]
-    bases = pretrain_populations(config, runs, mnist, device, record)
+    bases = pretrain_populations(config, runs, mnist, device, record, launcher)
     if any(result["methods"]["pretrained"]["diverged"] for result in runs):
         progress()
         return "pretraining diverged"
@@ -254,7 +267,7 @@ def run_populations(config: Config, runs: list[dict], summary: dict, mnist: Spli
     shared = {variant.name: config.finetune.lr for variant in finetune_variants(config)}
     rates = shared
     if config.experiment.lrs:
-        summary["tuning"] = tune_learning_rates(config, seeds, bases, task, device, record)
+        summary["tuning"] = tune_learning_rates(config, seeds, bases, task, device, record, launcher)
         print("\n" + format_tuning(summary["tuning"]))
         for name, tuning in summary["tuning"].items():  # for metrics.jsonl and TensorBoard; printed above
             record({"kind": "tuning", "phase": name, "lr": tuning["lr"],
@@ -265,12 +278,12 @@ def run_populations(config: Config, runs: list[dict], summary: dict, mnist: Spli
     shared_too = (config.experiment.lrs and config.experiment.shared_lr
                   and set(rates.values()) != {config.finetune.lr})
     for variants in variant_groups(config):  # a method, at the ranks of one bucket
-        finetune_populations(config, runs, bases, task, variants, rates, device, record, progress, run_dir)
+        finetune_populations(config, runs, bases, task, variants, rates, device, record, progress, run_dir, launcher)
         if shared_too:
             again = [dataclasses.replace(variant, name=f"{variant.name}@shared") for variant in variants
                      if rates[variant.name] != config.finetune.lr]
             finetune_populations(config, runs, bases, task, again, {v.name: config.finetune.lr for v in again},
-                                 device, record, progress, run_dir=None)
+                                 device, record, progress, None, launcher)
             for variant in variants:
                 if rates[variant.name] == config.finetune.lr:  # chosen: its runs are the shared-rate runs
                     for result in runs:
@@ -288,15 +301,19 @@ def run_populations(config: Config, runs: list[dict], summary: dict, mnist: Spli
 
 def finetune_populations(config: Config, runs: list[dict], bases: list, task: Splits, variants: list[Variant],
                          rates: dict[str, float], device: torch.device, record, progress,
-                         run_dir: Path | None) -> None:
+                         run_dir: Path | None, launcher) -> None:
     """Fine-tune ``variants`` for every seed, each at its rate, as populations; results into ``runs``."""
     seeds = [result["seed"] for result in runs]
     members = [(i, variant) for variant in variants for i in range(len(runs))]
+    submitted = []
     for chunk in population_chunks(members, config.experiment.population, device):
         tuned = [start_variant(bases[i], variant, seeds[i], config) for i, variant in chunk]
-        outcomes = fit_population([t.model for t in tuned], [variant.name for _, variant in chunk], config.finetune,
-                                  task.train, task.test, [seeds[i] for i, _ in chunk], config, record,
-                                  [t.tracker for t in tuned], lrs=[rates[variant.name] for _, variant in chunk])
+        job = population_job([t.model for t in tuned], config.finetune, task.train, [seeds[i] for i, _ in chunk],
+                             config, [t.tracker for t in tuned], lrs=[rates[variant.name] for _, variant in chunk])
+        submitted.append((chunk, tuned, launcher.submit(job)))
+    for chunk, tuned, pending in submitted:
+        outcomes = fit_population(launcher, pending, [variant.name for _, variant in chunk], config.finetune,
+                                  task.test, config, record)
         for (i, variant), member, outcome in zip(chunk, tuned, outcomes):
             outcome["lr"] = rates[variant.name]
             finish_variant(runs[i], variant, member, outcome, task.test, bases[0], run_dir if i == 0 else None)
@@ -304,7 +321,7 @@ def finetune_populations(config: Config, runs: list[dict], bases: list, task: Sp
 
 
 def tune_learning_rates(config: Config, seeds: list[int], bases: list, task: Splits, device: torch.device,
-                        record) -> dict:
+                        record, launcher) -> dict:
     """Each variant at every rate of ``experiment.lrs`` on the tuning seeds, scored on the validation
     split; per variant the rate with the best mean validation accuracy (ties: the smaller rate). A
     rate at which any tuning seed diverged is not chosen. The test set plays no part."""
@@ -312,17 +329,21 @@ def tune_learning_rates(config: Config, seeds: list[int], bases: list, task: Spl
     tuning_seeds = config.experiment.tuning_seeds or seeds
     print(f"\n==== choosing learning rates on {len(task.validation):,} validation images: "
           f"{', '.join(f'{lr:g}' for lr in grid)}, seeds {', '.join(map(str, tuning_seeds))}")
-    accuracies = {}  # (variant name, rate) -> validation accuracies over the tuning seeds (None: diverged)
+    submitted = []  # every population of the tuning, each variant group's at each rate, submitted at once
     for variants in variant_groups(config):
         members = [(variant, lr, seeds.index(seed)) for variant in variants for lr in grid for seed in tuning_seeds]
         for chunk in population_chunks(members, config.experiment.population, device):
             models = [start_variant(bases[i], variant, seeds[i], config, track=False).model for variant, _, i in chunk]
-            phases = [f"{variant.name}@lr={lr:g}" for variant, lr, _ in chunk]
-            trained = train_members(models, phases, config.finetune, task.train, [seeds[i] for *_, i in chunk],
-                                    config, lambda r: record({"tuning": True, **r}), lrs=[lr for _, lr, _ in chunk])
-            for (variant, lr, _), model, member in zip(chunk, models, trained):
-                score_ = None if member.diverged else evaluate(model, task.validation).percent
-                accuracies.setdefault((variant.name, lr), []).append(score_)
+            job = population_job(models, config.finetune, task.train, [seeds[i] for *_, i in chunk], config,
+                                 lrs=[lr for _, lr, _ in chunk])
+            submitted.append((chunk, launcher.submit(job)))
+    accuracies = {}  # (variant name, rate) -> validation accuracies over the tuning seeds (None: diverged)
+    for chunk, pending in submitted:
+        phases = [f"{variant.name}@lr={lr:g}" for variant, lr, _ in chunk]
+        trained = train_members(launcher, pending, phases, config.finetune, lambda r: record({"tuning": True, **r}))
+        for (variant, lr, _), model, member in zip(chunk, pending.job.models, trained):
+            score_ = None if member.diverged else evaluate(model, task.validation).percent
+            accuracies.setdefault((variant.name, lr), []).append(score_)
     tuning = {}
     for variant in finetune_variants(config):
         means = {lr: None if None in accuracies[variant.name, lr] else statistics.fmean(accuracies[variant.name, lr])
@@ -390,7 +411,7 @@ def pretrain(model, config: Config, seed: int, train_data: Split, test_data: Spl
 
 
 def pretrain_populations(config: Config, runs: list[dict], mnist: Splits, device: torch.device,
-                         record) -> list[torch.nn.Module]:
+                         record, launcher) -> list[torch.nn.Module]:
     """Every seed's base, pretrained as populations or reused from the cache; the results go into
     ``runs``. A population's members are cached under a key naming the whole population, since a
     member's float32 bits depend on which models share its matmuls."""
@@ -399,18 +420,24 @@ def pretrain_populations(config: Config, runs: list[dict], mnist: Splits, device
     for seed in seeds:
         torch.manual_seed(seed)
         bases.append(MLP(config.model.hidden_sizes).to(device))
+    submitted = []  # per population: its cache paths, and its training unless every member is cached
     for chunk in population_chunks(list(range(len(seeds))), config.experiment.population, device):
         chunk_seeds = [seeds[i] for i in chunk]
         paths = [cache_path(config, seed, device, chunk_seeds) for seed in chunk_seeds] if config.cache.enabled else []
         if paths and all(path.exists() for path in paths):
+            submitted.append((chunk, paths, None))
+            continue
+        job = population_job([bases[i] for i in chunk], config.pretrain, mnist.train, chunk_seeds, config)
+        submitted.append((chunk, paths, launcher.submit(job)))
+    for chunk, paths, pending in submitted:
+        if pending is None:
             for i, path in zip(chunk, paths):
                 seed_record = lambda r, seed=seeds[i]: record({"seed": seed, **r})  # noqa: E731
                 runs[i]["methods"]["pretrained"] = reuse_pretrained(bases[i], path, config, len(mnist.train),
                                                                     mnist.test, seed_record)
             continue
-        records = {seed: [] for seed in chunk_seeds}
-        results = fit_population([bases[i] for i in chunk], ["pretrained"] * len(chunk), config.pretrain,
-                                 mnist.train, mnist.test, chunk_seeds, config,
+        records = {seeds[i]: [] for i in chunk}
+        results = fit_population(launcher, pending, ["pretrained"] * len(chunk), config.pretrain, mnist.test, config,
                                  lambda r: (records[r["seed"]].append(r), record(r)))
         for i, result, path in zip(chunk, results, paths or [None] * len(chunk)):
             runs[i]["methods"]["pretrained"] = result
@@ -452,53 +479,53 @@ def fit(model, phase: str, settings, train_data: Split, test_data: Split, seed: 
     return score(model, phase, test_data, epoch_records, settings.epochs, len(train_data), record)
 
 
-def fit_population(models: list, phases: list[str], settings, train_data: Split, test_data: Split,
-                   seeds: list[int], config: Config, record, trackers: list | None = None,
-                   lrs: list[float] | None = None) -> list[dict]:
-    """``fit`` for models trained at once as one population: member i is phase ``phases[i]`` of seed
-    ``seeds[i]``, at rate ``lrs[i]`` (default: ``settings.lr``). Then each is tested, as ``fit`` does."""
-    trackers = trackers or [None] * len(models)
-    trained = train_members(models, phases, settings, train_data, seeds, config, record, trackers, lrs)
+def population_job(models: list, settings, train_data: Split, seeds: list[int], config: Config,
+                   trackers: list | None = None, lrs: list[float] | None = None) -> TrainJob:
+    """What training ``models`` as one population takes: member i is seed ``seeds[i]``'s model, at
+    rate ``lrs[i]`` (default: ``settings.lr``), watched by ``trackers[i]`` if given."""
+    return TrainJob(models, trackers or [None] * len(models), train_data, seeds, lrs or settings.lr,
+                    epochs=settings.epochs, batch_size=settings.batch_size, log_every=config.log.every_n_batches,
+                    max_loss=settings.max_loss, checkpoint_every=config.analysis.every_n_batches)
+
+
+def fit_population(launcher, pending, phases: list[str], settings, test_data: Split, config: Config,
+                   record) -> list[dict]:
+    """``fit`` for a population submitted to ``launcher``: member i is phase ``phases[i]``. Waits for
+    its training, then tests each member, as ``fit`` does."""
+    job = pending.job
+    trained = train_members(launcher, pending, phases, settings, record)
     results = []
-    for model, phase, seed, tracker, member in zip(models, phases, seeds, trackers, trained):
+    for model, phase, seed, tracker, member in zip(job.models, phases, job.seeds, job.trackers, trained):
         member_record = lambda r, seed=seed, phase=phase: record({"seed": seed, "phase": phase, "member": True, **r})  # noqa: E731
         if member.diverged:
-            results.append(diverged_result(member.diverged, model, settings, len(train_data)))
+            results.append(diverged_result(member.diverged, model, settings, len(job.data)))
             continue
         if tracker is not None:
             tracker(sum(len(r["batch_losses"]) for r in member.epoch_records))
-        results.append(score(model, phase, test_data, member.epoch_records, settings.epochs, len(train_data),
+        results.append(score(model, phase, test_data, member.epoch_records, settings.epochs, len(job.data),
                              member_record))
     show_members(", ".join(dict.fromkeys(phases)), [{"kind": "test", **r} for r in results if not r["diverged"]])
     return results
 
 
-def train_members(models: list, phases: list[str], settings, train_data: Split, seeds: list[int], config: Config,
-                  record, trackers: list | None = None, lrs: list[float] | None = None) -> list:
-    """Train ``models`` as one population (``population.train_population``). Each member's records go
-    to ``record`` marked ``member`` (metrics.jsonl keeps them all); the console gets one line per
-    logged batch with the members' mean and range instead, and a line per diverged member."""
+def train_members(launcher, pending, phases: list[str], settings, record) -> list:
+    """Collect a population submitted to ``launcher`` (``population.train_population``): trained here
+    now, or by Ray, whose log records arrive with its result. Each member's records go to ``record``
+    marked ``member`` (metrics.jsonl keeps them all); the console gets one line per logged batch with
+    the members' mean and range instead, and a line per diverged member."""
+    job = pending.job
     label = ", ".join(dict.fromkeys(phases))
-    rates = f" at lr {', '.join(f'{lr:g}' for lr in dict.fromkeys(lrs))}" if lrs else ""
-    print(f"\n== {label}: {phase_header(models[0], settings)}; {len(models)} models at once{rates} "
-          f"(seeds {', '.join(map(str, dict.fromkeys(seeds)))})")
-    trackers = trackers or [None] * len(models)
+    rates = f" at lr {', '.join(f'{lr:g}' for lr in dict.fromkeys(job.lr))}" if isinstance(job.lr, list) else ""
+    print(f"\n== {label}: {phase_header(job.models[0], settings)}; {len(job.models)} models at once{rates} "
+          f"(seeds {', '.join(map(str, dict.fromkeys(job.seeds)))})")
 
     def log(records: dict[int, dict]) -> None:
         for i, r in records.items():
-            record({"seed": seeds[i], "phase": phases[i], "member": True, **r})
+            record({"seed": job.seeds[i], "phase": phases[i], "member": True, **r})
         show_members(label, list(records.values()))
 
-    def checkpoint(step: int, alive: list[int]) -> None:
-        for i in alive:
-            if trackers[i] is not None:
-                trackers[i](step)
-
-    trained = train_population(Population(models), train_data, epochs=settings.epochs, batch_size=settings.batch_size,
-                               lr=lrs or settings.lr, generators=[torch.Generator().manual_seed(seed) for seed in seeds],
-                               log=log, log_every=config.log.every_n_batches, max_loss=settings.max_loss,
-                               checkpoint=checkpoint, checkpoint_every=config.analysis.every_n_batches)
-    for phase, seed, member in zip(phases, seeds, trained):
+    trained = launcher.collect(pending, log)
+    for phase, seed, member in zip(phases, job.seeds, trained):
         if member.diverged:
             tqdm.write(f"{phase} (seed {seed}) diverged and was stopped: {member.diverged}; its results are not used")
             record({"seed": seed, "phase": phase, "member": True, "kind": "diverged", "message": member.diverged})

@@ -9,6 +9,7 @@ are errors that name the key, raised before any work starts.
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -81,6 +82,7 @@ class ExperimentConfig:
     tuning_seeds: list[int] | None = None
     shared_lr: bool = True
     margin: float = 0.05
+    launcher: str = "local"
 
 
 @dataclass
@@ -107,6 +109,11 @@ class OutputConfig:
 
 
 @dataclass
+class RayConfig:
+    address: str | None = None
+
+
+@dataclass
 class Config:
     seed: int = 123
     device: str = "auto"
@@ -122,11 +129,16 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     log: LogConfig = field(default_factory=LogConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 PATH_KEYS = ("data.root", "output.dir", "cache.dir")
 MAX_WIDTH = 16_384  # model.hidden_sizes
 INT64 = 2**63  # torch's seeds and sizes are 64-bit: a larger integer would fail deep inside a run
+LAUNCHERS = ("local", "ray")
+# ray.address: what ray.init joins. "auto" finds the cluster this machine belongs to (ray start); a
+# GCS address host:port, or ray://host:port for Ray Client, names one; null starts a runtime here.
+RAY_ADDRESS = re.compile(r"auto|(ray://)?[^\s/:]+:\d{1,5}")
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (),
@@ -371,6 +383,23 @@ def experiment_checks(config: Config) -> list[tuple[str, bool, str]]:
         ("experiment.population", config.experiment.population == "auto"
          or (isinstance(config.experiment.population, int) and config.experiment.population >= 1),
          "auto or an integer >= 1"),
+        *launcher_checks(config),
+    ]
+
+
+def launcher_checks(config: Config) -> list[tuple[str, bool, str]]:
+    """experiment.launcher and ray.address. Ray runs populations as tasks, so a run that trains one
+    model at a time (one seed, or experiment.population: 1, without experiment.lrs) has none to send."""
+    seeds = config.experiment.seeds or [config.seed]
+    populations = bool(config.experiment.lrs) or (len(seeds) > 1 and config.experiment.population != 1)
+    address = config.ray.address
+    return [
+        ("experiment.launcher", config.experiment.launcher in LAUNCHERS, f"one of {', '.join(LAUNCHERS)}"),
+        ("experiment.launcher", config.experiment.launcher != "ray" or populations,
+         "local for a run that trains one model at a time (one seed, or experiment.population: 1 without "
+         "experiment.lrs): ray runs populations, and this run has none"),
+        ("ray.address", address is None or RAY_ADDRESS.fullmatch(address) is not None,
+         "null (start Ray on this machine), auto, host:port or ray://host:port"),
     ]
 
 

@@ -9,7 +9,7 @@ import dora_example
 from conftest import REPO
 from loradora.config import ConfigError, load_config
 
-HEAVY = ("torch", "torchvision", "matplotlib")
+HEAVY = ("torch", "torchvision", "matplotlib", "ray")
 
 
 def test_arguments_and_config_are_checked_without_importing_torch():
