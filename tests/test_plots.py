@@ -109,8 +109,8 @@ def test_accuracy_by_rank_keeps_its_legend_outside_and_the_adapters_apart():
                for method in ("lora", "dora") for rank in (1, 2, 4)}
     methods |= {"full": {"test_accuracy": 96.8, "test_accuracy_std": 0.3}, "head": {"test_accuracy": 97.2}}
     summary = {"methods": methods, "seeds": [1, 2, 3], "config": {"experiment": {"ranks": [1, 2, 4]}},
-               "comparisons": {f"dora_r{rank} - lora_r{rank}": {"mean": 0.05, "ci95": [-0.1, 0.2]}
-                               for rank in (1, 2, 4)}}
+               "comparisons": {f"dora_r{rank} - lora_r{rank}": {"mean": 0.05, "ci95": [-0.1, 0.2], "ci": [-0.15, 0.25],
+                                                                "confidence": 1 - 0.05 / 3} for rank in (1, 2, 4)}}
     assert plots.is_rank_sweep(summary)
     accuracy, difference = drawn(plots.draw_accuracy_vs_rank(summary))
     assert legends_clear_of_the_data([accuracy])
