@@ -38,14 +38,15 @@ from loradora.adapters import NORM_EPS, DoRALinear, LoRALinear
 from loradora.data import Split, shuffled_batches
 
 NORMS = ("direct", "expanded")
-# The expanded norm, measured per member on the 2-core CPU (one epoch, rank 4): as fast as the direct
-# one for a single model, and 1.7x faster at N = 20 (0.056 s against 0.095 s per member for 200
-# steps), where writing and re-reading N (in, out) matrices every step is memory traffic the batched
-# matmuls do not have. DoRA then costs 1.06x LoRA per member.
+# The expanded norm, measured per member on the 2-core CPU (full epochs, rank 4,
+# benchmarks/population_speed.py): 1.07x faster than the direct one for a single model and 1.55x at
+# N = 20 (0.291 s against 0.451 s), where writing and re-reading N (in, out) matrices every step is
+# memory traffic the batched matmuls do not have. DoRA then costs 1.27x LoRA per member.
 DEFAULT_NORM = "expanded"
 # experiment.population: auto trains at most this many models at once. On the 2-core CPU the per-model
-# speed-up stops growing between 20 and 50 members (the prototype: 3.06x at 20, 3.28x at 50 for
-# LoRA; pretraining 1.78x and 1.69x); a GPU keeps gaining into the hundreds.
+# speed-up stops growing between 20 and 50 members (measured: LoRA 4.35x at 20, 4.45x at 32, 4.43x
+# at 50; pretraining 2.53x, 2.61x, 2.54x). The GPU figure is a guess, not measured: a GPU runs one
+# such MLP far below its capacity, bound by kernel launches, and keeps gaining into the hundreds.
 AUTO_LIMIT = {"cpu": 32, "cuda": 1024}
 # A rank bucket pads every member to its largest rank; ranks join a bucket while the padded work
 # stays within this factor of the unpadded work.
