@@ -25,7 +25,6 @@ Layout, from the measured prototype (issue 9):
 
 import math
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -36,6 +35,7 @@ from tqdm import tqdm
 
 from loradora.adapters import NORM_EPS, DoRALinear, LoRALinear
 from loradora.data import Split, shuffled_batches
+from loradora.training import divergence_message, synchronized_now
 
 NORMS = ("direct", "expanded")
 # The expanded norm, measured per member on the 2-core CPU (full epochs, rank 4,
@@ -291,7 +291,7 @@ def train_population(population: Population, data: Split, *, epochs: int, batch_
         batch_losses, n_started = [], len(alive)
         correct = torch.zeros(len(alive), dtype=torch.long, device=device)
         worst_loss = torch.zeros(len(alive), device=device)
-        start, paused = _now(device), 0.0
+        start, paused = synchronized_now(device), 0.0
         progress = tqdm(range(len(batches)), desc=f"epoch {epoch}/{epochs}", leave=False,
                         disable=not sys.stdout.isatty())
         for batch in progress:
@@ -306,8 +306,7 @@ def train_population(population: Population, data: Split, *, epochs: int, batch_
                 keep = [j for j, worst in enumerate(worst_loss.tolist()) if worst <= max_loss]  # NaN fails
                 if len(keep) < len(alive):
                     for j in sorted(set(range(len(alive))) - set(keep)):
-                        runs[alive[j]].diverged = (f"a batch loss reached {worst_loss[j].item():.4g} (max_loss "
-                                                   f"{max_loss:g}) by epoch {epoch}, batch {batch}")
+                        runs[alive[j]].diverged = divergence_message(worst_loss[j].item(), max_loss, epoch, batch)
                     if not keep:  # every member diverged: nothing left to train
                         population.write_back()
                         return runs
@@ -321,11 +320,11 @@ def train_population(population: Population, data: Split, *, epochs: int, batch_
                 log({i: {"kind": "batch", "epoch": epoch, "epochs": epochs, "batch": batch,
                          "batches": len(batches), "loss": loss} for i, loss in zip(alive, losses.tolist())})
             if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
-                pause = _now(device)
+                pause = synchronized_now(device)
                 population.write_back()
                 checkpoint(step, alive)
-                paused += _now(device) - pause
-        seconds = (_now(device) - start - paused) / n_started
+                paused += synchronized_now(device) - pause
+        seconds = (synchronized_now(device) - start - paused) / n_started
         losses = torch.stack(batch_losses, dim=1)  # (N, steps)
         batch_sizes = torch.tensor([len(indices[0]) for indices in batches], device=device)
         mean_losses = ((losses * batch_sizes).sum(dim=1) / len(data)).tolist()
@@ -427,10 +426,3 @@ class MemberAdam:
 
 def _norm(population: Population) -> str:
     return next((layer.norm for layer in population.layers if isinstance(layer, StackedDoRA)), DEFAULT_NORM)
-
-
-def _now(device: torch.device) -> float:
-    """Wall-clock seconds once every queued kernel on ``device`` has finished."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()

@@ -61,7 +61,7 @@ def train(model: nn.Module, data: Split, *, epochs: int, batch_size: int, lr: fl
         batch_losses = []
         correct = torch.zeros((), dtype=torch.long, device=device)
         worst_loss = torch.zeros((), device=device)  # torch.maximum keeps a NaN once it has seen one
-        start, paused = _now(device), 0.0
+        start, paused = synchronized_now(device), 0.0
         progress = tqdm(batches, desc=f"epoch {epoch}/{epochs}", leave=False,
                         disable=not sys.stdout.isatty())
         for batch, indices in enumerate(progress):
@@ -81,10 +81,10 @@ def train(model: nn.Module, data: Split, *, epochs: int, batch_size: int, lr: fl
                 log({"kind": "batch", "epoch": epoch, "epochs": epochs, "batch": batch,
                      "batches": len(batches), "loss": loss.item()})
             if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
-                pause = _now(device)
+                pause = synchronized_now(device)
                 checkpoint(step)
-                paused += _now(device) - pause
-        seconds = _now(device) - start - paused
+                paused += synchronized_now(device) - pause
+        seconds = synchronized_now(device) - start - paused
         losses = torch.stack(batch_losses)
         batch_sizes = torch.tensor([len(indices) for indices in batches], device=device)
         epoch_records.append({"kind": "epoch", "epoch": epoch, "epochs": epochs,
@@ -97,8 +97,11 @@ def train(model: nn.Module, data: Split, *, epochs: int, batch_size: int, lr: fl
 
 def check_divergence(worst_loss: float, max_loss: float, epoch: int, batch: int) -> None:
     if not worst_loss <= max_loss:  # also true for NaN
-        raise Diverged(f"a batch loss reached {worst_loss:.4g} (max_loss {max_loss:g}) "
-                       f"by epoch {epoch}, batch {batch}")
+        raise Diverged(divergence_message(worst_loss, max_loss, epoch, batch))
+
+
+def divergence_message(worst_loss: float, max_loss: float, epoch: int, batch: int) -> str:
+    return f"a batch loss reached {worst_loss:.4g} (max_loss {max_loss:g}) by epoch {epoch}, batch {batch}"
 
 
 def evaluate(model: nn.Module, data: Split) -> Accuracy:
@@ -127,7 +130,7 @@ def use_deterministic_algorithms() -> None:
     torch.use_deterministic_algorithms(True)
 
 
-def _now(device: torch.device) -> float:
+def synchronized_now(device: torch.device) -> float:
     """Wall-clock seconds once every queued kernel on ``device`` has finished."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
