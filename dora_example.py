@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from loradora.config import Config, ConfigError, load_config, to_dict, to_yaml
+from loradora.config import Config, ConfigError, load_config, to_dict, to_yaml, trains_populations
 
 PROJECT = Path(__file__).resolve().parent  # the defaults live here: configs/, data/, results/
 DEFAULT_CONFIG = PROJECT / "configs" / "default.yaml"
@@ -43,36 +43,34 @@ def import_pipeline() -> None:
     (over a second; BENCHMARKS.md). main() calls it once the config is good; a program that imports
     this module to call run() calls it first.
     """
-    global torch, tqdm, ADAPTERS, count_trainable_parameters, DecompositionTracker, ARTIFACT_FIELDS
-    global format_artifacts, save_method, save_pretrained, cache_path, load_pretrained, save_cached
-    global resolve_device, DataUnavailable, Split, hold_out, load_mnist, Variant, aggregate, choose_rate
-    global decomposition_result, finetune_variants, variant_groups, prepare, MLP, write_plots
-    global population_chunks, format_report, format_tuning, MetricsLog
-    global OutputUnavailable, create_run_dir, environment, write_atomic, write_json, shift_split, task_label
-    global TensorBoardLog, TensorBoardUnavailable, require_tensorboard, Diverged, evaluate, train
-    global use_deterministic_algorithms, LauncherUnavailable, LocalLauncher, TrainJob, make_launcher
+    global torch, ADAPTERS, decomposition_result, NO_FINETUNE, PRETRAINED, Variant, choose_rate, aggregate
+    global finetune_variants, variant_groups, format_artifacts, save_method, save_pretrained, cache_path
+    global load_pretrained, save_cached, resolve_device, DataUnavailable, Split, hold_out, load_mnist
+    global LauncherUnavailable, LocalLauncher, make_launcher, MLP, phases, write_plots, population_chunks
+    global format_report, format_tuning, MethodResult, SeedResults, MetricsLog, OutputUnavailable, create_run_dir
+    global environment, write_atomic, write_json, shift_split, task_label, TensorBoardLog, TensorBoardUnavailable
+    global require_tensorboard, evaluate, use_deterministic_algorithms
     import torch
-    from tqdm import tqdm
 
-    from loradora.adapters import ADAPTERS, count_trainable_parameters
-    from loradora.analysis import DecompositionTracker
-    from loradora.artifacts import ARTIFACT_FIELDS, format_artifacts, save_method, save_pretrained
+    from loradora import phases
+    from loradora.adapters import ADAPTERS
+    from loradora.artifacts import format_artifacts, save_method, save_pretrained
     from loradora.cache import cache_path, load_pretrained, save_cached
     from loradora.config import resolve_device
     from loradora.data import DataUnavailable, Split, hold_out, load_mnist
-    from loradora.experiment import (Variant, aggregate, choose_rate, decomposition_result, finetune_variants,
-                                     variant_groups)
-    from loradora.launcher import LauncherUnavailable, LocalLauncher, TrainJob, make_launcher
-    from loradora.methods import prepare
+    from loradora.experiment import (NO_FINETUNE, PRETRAINED, Variant, aggregate, choose_rate, decomposition_result,
+                                     finetune_variants, variant_groups)
+    from loradora.files import write_atomic, write_json
+    from loradora.launcher import LauncherUnavailable, LocalLauncher, make_launcher
     from loradora.model import MLP
     from loradora.plots import write_plots
     from loradora.population import population_chunks
     from loradora.report import format_report, format_tuning
-    from loradora.results import (MetricsLog, OutputUnavailable, create_run_dir, environment, write_atomic,
-                                  write_json)
+    from loradora.results import MethodResult, SeedResults
+    from loradora.run_folder import MetricsLog, OutputUnavailable, create_run_dir, environment
     from loradora.tasks import shift_split, task_label
     from loradora.tensorboard import TensorBoardLog, TensorBoardUnavailable, require_tensorboard
-    from loradora.training import Diverged, evaluate, train, use_deterministic_algorithms
+    from loradora.training import evaluate, use_deterministic_algorithms
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,15 +100,18 @@ def main(argv: list[str] | None = None) -> int:
     if config.deterministic:
         use_deterministic_algorithms()
     write_atomic(run_dir / "config.yaml", to_yaml(config))
-    sinks = [show, MetricsLog(run_dir / "metrics.jsonl")]  # each gets every metrics record
+    summary = Summary(config, device, run_dir / "summary.json")
+    sinks = [phases.show, MetricsLog(run_dir / "metrics.jsonl")]  # each gets every metrics record
     board = TensorBoardLog(run_dir / "tensorboard") if config.log.tensorboard else None
     if board is not None:
         sinks.append(board)
-    summary = new_summary(config, device)
-    save = lambda: write_json(run_dir / "summary.json", summary)  # noqa: E731
+
+    def record(metrics: dict) -> None:
+        for sink in sinks:
+            sink(metrics)
+
     try:
-        run(config, device, summary, record=lambda r: [sink(r) for sink in sinks], checkpoint=save, run_dir=run_dir,
-            launcher=launcher)
+        run(config, device, summary, record, run_dir, launcher)
     except DataUnavailable as error:  # raised while loading MNIST, before anything is trained
         if board is not None:
             board.close()
@@ -118,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        summary["status"] = "interrupted"
-        save()
+        summary.finish("interrupted")
         print(f"\ninterrupted: finished phases are in {run_dir}/summary.json, marked incomplete",
               file=sys.stderr)
         return 130
@@ -127,14 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         if board is not None:
             board.close()
         launcher.close()
-    save()
-    print("\n" + format_report(summary))
-    if artifacts := format_artifacts(summary["runs"][0]["methods"]):  # the files are the first seed's
+    print("\n" + format_report(summary.data))
+    if artifacts := format_artifacts(summary.data["runs"][0].methods):  # the files are the first seed's
         print("\n" + artifacts)
     for plot in write_plots(run_dir):
         print(f"plot: {plot}")
     print(f"\nresults: {run_dir}/")
-    return 0 if summary["status"] == "complete" else 1
+    return 0 if summary.data["status"] == "complete" else 1
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -149,46 +148,54 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def new_summary(config: Config, device: torch.device) -> dict:
-    """What summary.json holds; ``status`` stays "running" until every phase has finished."""
-    return {"status": "running", "methods": {}, "config": to_dict(config), "env": environment(device)}
+class Summary:
+    """summary.json as the run fills it in: saved after every phase (with ``path``), so an
+    interruption keeps what has finished; ``status`` stays "running" until the run ends."""
+
+    def __init__(self, config: Config, device: torch.device, path: Path | None = None):
+        self.path, self.margin = path, config.experiment.margin
+        self.data = {"status": "running", "methods": {}, "config": to_dict(config), "env": environment(device)}
+
+    def update(self, runs: list[SeedResults]) -> None:
+        """The seeds' results so far (the last may be partial), aggregated (experiment.aggregate)."""
+        self.data.update(aggregate([run for run in runs if run.methods], self.margin))
+        self.save()
+
+    def finish(self, status: str) -> None:
+        self.data["status"] = status
+        self.save()
+
+    def save(self) -> None:
+        if self.path is not None:
+            write_json(self.path, self.data)
 
 
-def run(config: Config, device: torch.device, summary: dict, record=lambda r: None,
-        checkpoint=lambda: None, run_dir: Path | None = None, launcher=None) -> dict:
-    """The whole experiment, once per seed, filling ``summary`` as it goes.
+def run(config: Config, device: torch.device, summary: Summary, record=lambda metrics: None,
+        run_dir: Path | None = None, launcher=None) -> None:
+    """The whole experiment, filling ``summary`` as it goes.
 
-    ``record`` receives every metrics record; ``checkpoint`` is called after each phase, so an
-    interruption keeps what has finished. A method that diverges is recorded as such and the others
-    still run; a pretraining that diverges leaves nothing to fine-tune. With ``run_dir`` the first
-    seed's models and adapters are saved there too (benchmarks leave it out). With several seeds
-    and ``experiment.population`` other than 1, each phase trains its seeds (and a sweep's ranks)
-    as populations instead of one seed after another (``run_populations``), each trained where
+    ``record`` receives every metrics record. A method that diverges is recorded as such and the
+    others still run; a pretraining that diverges leaves nothing to fine-tune. With ``run_dir`` the
+    first seed's models and adapters are saved there too (benchmarks leave it out). One seed, or
+    ``experiment.population: 1``, trains one model after another (``run_once`` per seed); else each
+    phase trains its seeds (and a sweep's ranks) as populations (``run_populations``), each where
     ``launcher`` puts it (loradora/launcher.py; default: here, one after another).
     """
     mnist, task = load_data(config, device)
     seeds = config.experiment.seeds or [config.seed]
-    runs = [{"seed": seed, "methods": {}, "decomposition": {}} for seed in seeds]
-
-    def progress():
-        done = [run for run in runs if run["methods"]]
-        summary.update(aggregate(done, config.experiment.margin))
-        checkpoint()
-
-    if config.experiment.lrs or (len(seeds) > 1 and config.experiment.population != 1):
-        summary["status"] = run_populations(config, runs, summary, mnist, task, device, record, progress, run_dir,
-                                            launcher or LocalLauncher())
-        return summary
-    for i, (seed, result) in enumerate(zip(seeds, runs), 1):
+    if trains_populations(config):
+        run_populations(config, seeds, summary, mnist, task, device, record, run_dir, launcher or LocalLauncher())
+        return
+    runs = []
+    for i, seed in enumerate(seeds, 1):
         if len(seeds) > 1:
             print(f"\n==== seed {seed} ({i} of {len(seeds)})")
-        run_once(config, seed, mnist, task, device, lambda r, seed=seed: record({"seed": seed, **r}),
-                 result, progress, run_dir if i == 1 else None)
-        if result["methods"]["pretrained"]["diverged"]:
-            summary["status"] = "pretraining diverged"
-            return summary
-    summary["status"] = "complete"
-    return summary
+        result = run_once(config, seed, mnist, task, device, phases.tagged(record, seed=seed),
+                          progress=lambda partial: summary.update([*runs, partial]), run_dir=run_dir if i == 1 else None)
+        runs.append(result)
+        if result.methods["pretrained"].diverged:
+            return summary.finish("pretraining diverged")
+    summary.finish("complete")
 
 
 @dataclass
@@ -220,31 +227,32 @@ def load_data(config: Config, device: torch.device) -> tuple[Splits, Splits]:
     return mnist, Splits(shift(mnist.train), shift(mnist.test), shift(mnist.validation))
 
 
-def run_once(config: Config, seed: int, mnist: Splits, task: Splits, device: torch.device, record, result: dict,
-             progress, run_dir: Path | None) -> None:
-    """One seed: pretrain (or reuse) the base, then fine-tune every variant from it, into ``result``."""
-    methods = result["methods"]
+def run_once(config: Config, seed: int, mnist: Splits, task: Splits, device: torch.device, record, progress,
+             run_dir: Path | None) -> SeedResults:
+    """One seed: pretrain (or reuse) the base, then fine-tune every variant from it. ``progress``
+    gets the seed's results so far after each phase."""
+    result = SeedResults(seed)
     torch.manual_seed(seed)
-    model = MLP(config.model.hidden_sizes).to(device)
-    methods["pretrained"] = pretrain(model, config, seed, mnist.train, mnist.test, device, record)
-    if methods["pretrained"]["diverged"]:
-        return progress()
-    after_pretraining(config, [result], [model], task, record, run_dir)
-    progress()
-
+    base = MLP(config.model.hidden_sizes).to(device)
+    result.methods["pretrained"] = pretrain(base, config, seed, mnist, device, record)
+    if not result.methods["pretrained"].diverged:
+        after_pretraining(config, [result], [base], task, record, run_dir)
+    progress(result)
+    if result.methods["pretrained"].diverged:
+        return result
     for variant in finetune_variants(config):
-        tuned = start_variant(model, variant, seed, config)
-        outcome = fit(tuned.model, variant.name, config.finetune, task.train, task.test, seed, config, record,
-                      tuned.tracker)
-        finish_variant(result, variant, tuned, outcome, task.test, model, run_dir)
-        progress()
+        tuned = phases.start_variant(base, variant, seed, track=bool(config.analysis.every_n_batches))
+        outcome = phases.fit(tuned.model, variant, config.finetune, task.train, task.test, seed, record,
+                             config.log.every_n_batches, tuned.tracker, config.analysis.every_n_batches)
+        finish_variant(result, variant, tuned, outcome, task.test, base, run_dir)
+        progress(result)
+    return result
 
 
-def run_populations(config: Config, runs: list[dict], summary: dict, mnist: Splits, task: Splits,
-                    device: torch.device, record, progress, run_dir: Path | None, launcher) -> str:
+def run_populations(config: Config, seeds: list[int], summary: Summary, mnist: Splits, task: Splits,
+                    device: torch.device, record, run_dir: Path | None, launcher) -> None:
     """``run`` phase by phase: every seed's pretraining, then each fine-tuning method at each rank
     bucket for every seed, each as populations of ``experiment.population`` models trained at once.
-    Fills ``runs`` as ``run_once`` does for each seed; returns the run's status.
 
     With ``experiment.lrs``, each variant first trains at every rate of the grid on the tuning seeds
     and is scored on the validation split; the rate with the best mean validation accuracy is its
@@ -254,70 +262,79 @@ def run_populations(config: Config, runs: list[dict], summary: dict, mnist: Spli
     Each phase (the pretraining, the tuning, a method at a rank bucket) submits all its populations
     to ``launcher`` before it collects the first, then collects and reports them in order.
     """
-    seeds = [result["seed"] for result in runs]
-    bases = pretrain_populations(config, runs, mnist, device, record, launcher)
-    if any(result["methods"]["pretrained"]["diverged"] for result in runs):
-        progress()
-        return "pretraining diverged"
-    after_pretraining(config, runs, bases, task, lambda r: record({"member": True, **r}), run_dir)
-    show_members("no_finetune", [result["methods"]["no_finetune"] | {"kind": "test"} for result in runs
-                                 if "no_finetune" in result["methods"]])
-    progress()
+    runs = [SeedResults(seed) for seed in seeds]
+    bases, pretrained = pretrain_populations(config, seeds, mnist, device, record, launcher)
+    for result, outcome in zip(runs, pretrained):
+        result.methods["pretrained"] = outcome
+    if any(outcome.diverged for outcome in pretrained):
+        summary.update(runs)
+        return summary.finish("pretraining diverged")
+    after_pretraining(config, runs, bases, task, phases.tagged(record, member=True), run_dir)
+    phases.show_members("no_finetune", [phases.test_record(result.methods["no_finetune"]) for result in runs
+                                        if "no_finetune" in result.methods])
+    summary.update(runs)
 
-    shared = {variant.name: config.finetune.lr for variant in finetune_variants(config)}
-    rates = shared
+    rates = {variant.name: config.finetune.lr for variant in finetune_variants(config)}
     if config.experiment.lrs:
-        summary["tuning"] = tune_learning_rates(config, seeds, bases, task, device, record, launcher)
-        print("\n" + format_tuning(summary["tuning"]))
-        for name, tuning in summary["tuning"].items():  # for metrics.jsonl and TensorBoard; printed above
-            record({"kind": "tuning", "phase": name, "lr": tuning["lr"],
-                    "validation_accuracy": tuning["validation_accuracy"]})
-        rates = {name: tuning["lr"] for name, tuning in summary["tuning"].items()}
+        tuning = summary.data["tuning"] = tune_learning_rates(config, seeds, bases, task, device, record, launcher)
+        print("\n" + format_tuning(tuning))
+        for name, choice in tuning.items():  # for metrics.jsonl and TensorBoard; printed above
+            record({"kind": "tuning", "phase": name, "lr": choice["lr"],
+                    "validation_accuracy": choice["validation_accuracy"]})
+        rates = {name: choice["lr"] for name, choice in tuning.items()}
     # with tuning, also every variant at the shared rate, as configured (unless turned off, or the
     # grid chose that rate for every variant)
     shared_too = (config.experiment.lrs and config.experiment.shared_lr
                   and set(rates.values()) != {config.finetune.lr})
     for variants in variant_groups(config):  # a method, at the ranks of one bucket
-        finetune_populations(config, runs, bases, task, variants, rates, device, record, progress, run_dir, launcher)
+        finetune_populations(config, runs, bases, task, variants, rates, device, record, summary, run_dir, launcher)
         if shared_too:
-            again = [dataclasses.replace(variant, name=f"{variant.name}@shared") for variant in variants
-                     if rates[variant.name] != config.finetune.lr]
-            finetune_populations(config, runs, bases, task, again, {v.name: config.finetune.lr for v in again},
-                                 device, record, progress, None, launcher)
-            for variant in variants:
-                if rates[variant.name] == config.finetune.lr:  # chosen: its runs are the shared-rate runs
-                    for result in runs:
-                        result["methods"][f"{variant.name}@shared"] = {
-                            key: value for key, value in result["methods"][variant.name].items()
-                            if key not in ARTIFACT_FIELDS}
+            at_shared_rate(config, runs, bases, task, variants, rates, device, record, summary, launcher)
     # the table order of a one-seed-at-a-time run, each variant's shared-rate runs beside it
     order = [name for variant in finetune_variants(config) for name in (variant.name, f"{variant.name}@shared")]
     for result in runs:
-        result["methods"] = dict(sorted(result["methods"].items(),
-                                        key=lambda item: order.index(item[0]) if item[0] in order else -1))
-    progress()
-    return "complete"
+        result.methods = dict(sorted(result.methods.items(),
+                                     key=lambda item: order.index(item[0]) if item[0] in order else -1))
+    summary.update(runs)
+    summary.finish("complete")
 
 
-def finetune_populations(config: Config, runs: list[dict], bases: list, task: Splits, variants: list[Variant],
-                         rates: dict[str, float], device: torch.device, record, progress,
-                         run_dir: Path | None, launcher) -> None:
+def at_shared_rate(config: Config, runs: list[SeedResults], bases: list, task: Splits, variants: list[Variant],
+                   rates: dict[str, float], device: torch.device, record, summary: Summary, launcher) -> None:
+    """``variants`` at the shared ``finetune.lr`` as "<variant>@shared", for every seed: trained
+    where the grid chose another rate, the tuned runs themselves where it chose that one."""
+    shared = config.finetune.lr
+    again = [dataclasses.replace(variant, name=f"{variant.name}@shared") for variant in variants
+             if rates[variant.name] != shared]
+    if again:
+        finetune_populations(config, runs, bases, task, again, {variant.name: shared for variant in again},
+                             device, record, summary, None, launcher)
+    for variant in variants:
+        if rates[variant.name] == shared:
+            for result in runs:
+                tuned = result.methods[variant.name]
+                result.methods[f"{variant.name}@shared"] = dataclasses.replace(tuned, files={}, file_checks=None)
+
+
+def finetune_populations(config: Config, runs: list[SeedResults], bases: list, task: Splits,
+                         variants: list[Variant], rates: dict[str, float], device: torch.device, record,
+                         summary: Summary, run_dir: Path | None, launcher) -> None:
     """Fine-tune ``variants`` for every seed, each at its rate, as populations; results into ``runs``."""
-    seeds = [result["seed"] for result in runs]
+    seeds = [result.seed for result in runs]
     members = [(i, variant) for variant in variants for i in range(len(runs))]
+    every = config.analysis.every_n_batches
     submitted = []
     for chunk in population_chunks(members, config.experiment.population, device):
-        tuned = [start_variant(bases[i], variant, seeds[i], config) for i, variant in chunk]
-        job = population_job([t.model for t in tuned], config.finetune, task.train, [seeds[i] for i, _ in chunk],
-                             config, [t.tracker for t in tuned], lrs=[rates[variant.name] for _, variant in chunk])
+        tuned = [phases.start_variant(bases[i], variant, seeds[i], track=bool(every)) for i, variant in chunk]
+        job = phases.population_job([t.model for t in tuned], config.finetune, task.train, [seeds[i] for i, _ in chunk],
+                                    config.log.every_n_batches, [t.tracker for t in tuned], every,
+                                    lrs=[rates[variant.name] for _, variant in chunk])
         submitted.append((chunk, tuned, launcher.submit(job)))
     for chunk, tuned, pending in submitted:
-        outcomes = fit_population(launcher, pending, [variant.name for _, variant in chunk], config.finetune,
-                                  task.test, config, record)
+        outcomes = phases.fit_population(launcher, pending, [variant for _, variant in chunk], task.test, record)
         for (i, variant), member, outcome in zip(chunk, tuned, outcomes):
-            outcome["lr"] = rates[variant.name]
             finish_variant(runs[i], variant, member, outcome, task.test, bases[0], run_dir if i == 0 else None)
-        progress()
+        summary.update(runs)
 
 
 def tune_learning_rates(config: Config, seeds: list[int], bases: list, task: Splits, device: torch.device,
@@ -333,17 +350,17 @@ def tune_learning_rates(config: Config, seeds: list[int], bases: list, task: Spl
     for variants in variant_groups(config):
         members = [(variant, lr, seeds.index(seed)) for variant in variants for lr in grid for seed in tuning_seeds]
         for chunk in population_chunks(members, config.experiment.population, device):
-            models = [start_variant(bases[i], variant, seeds[i], config, track=False).model for variant, _, i in chunk]
-            job = population_job(models, config.finetune, task.train, [seeds[i] for *_, i in chunk], config,
-                                 lrs=[lr for _, lr, _ in chunk])
+            models = [phases.start_variant(bases[i], variant, seeds[i], track=False).model for variant, _, i in chunk]
+            job = phases.population_job(models, config.finetune, task.train, [seeds[i] for *_, i in chunk],
+                                        config.log.every_n_batches, lrs=[lr for _, lr, _ in chunk])
             submitted.append((chunk, launcher.submit(job)))
     accuracies = {}  # (variant name, rate) -> validation accuracies over the tuning seeds (None: diverged)
     for chunk, pending in submitted:
-        phases = [f"{variant.name}@lr={lr:g}" for variant, lr, _ in chunk]
-        trained = train_members(launcher, pending, phases, config.finetune, lambda r: record({"tuning": True, **r}))
+        names = [f"{variant.name}@lr={lr:g}" for variant, lr, _ in chunk]
+        trained = phases.train_members(launcher, pending, names, phases.tagged(record, tuning=True))
         for (variant, lr, _), model, member in zip(chunk, pending.job.models, trained):
-            score_ = None if member.diverged else evaluate(model, task.validation).percent
-            accuracies.setdefault((variant.name, lr), []).append(score_)
+            accuracy = None if member.diverged else evaluate(model, task.validation).percent
+            accuracies.setdefault((variant.name, lr), []).append(accuracy)
     tuning = {}
     for variant in finetune_variants(config):
         means = {lr: None if None in accuracies[variant.name, lr] else statistics.fmean(accuracies[variant.name, lr])
@@ -354,68 +371,55 @@ def tune_learning_rates(config: Config, seeds: list[int], bases: list, task: Spl
     return tuning
 
 
-def after_pretraining(config: Config, runs: list[dict], bases: list, task: Splits, record,
+def after_pretraining(config: Config, runs: list[SeedResults], bases: list, task: Splits, record,
                       run_dir: Path | None) -> None:
     """Save the first seed's base; on a shifted task, score every base on it before fine-tuning."""
     if run_dir is not None:
-        runs[0]["methods"]["pretrained"].update(save_pretrained(bases[0], run_dir))
+        first = runs[0].methods
+        first["pretrained"] = dataclasses.replace(first["pretrained"], files=save_pretrained(bases[0], run_dir))
     if config.finetune.task == "same":
         return
     for result, model in zip(runs, bases):  # where fine-tuning starts: the base on the shifted test set
-        seed_record = lambda r, seed=result["seed"]: record({"seed": seed, **r})  # noqa: E731
-        result["methods"]["no_finetune"] = {**score(model, "no_finetune", task.test, [], epochs=0, n_train=0,
-                                                    record=seed_record), "trainable_params": 0}
+        result.methods["no_finetune"] = phases.score(model, NO_FINETUNE, task.test,
+                                                     phases.tagged(record, seed=result.seed),
+                                                     lr=None, epochs=0, n_train=0)
 
 
-@dataclass
-class Tuned:
-    """A variant's model about to be fine-tuned, with what checks and analyses it afterwards."""
-    model: torch.nn.Module
-    frozen: dict              # its frozen parameters as they were, to check they stay bit-identical
-    tracker: DecompositionTracker | None
+def finish_variant(result: SeedResults, variant: Variant, tuned: phases.Tuned, outcome: MethodResult,
+                   test_data: Split, base: torch.nn.Module, run_dir: Path | None) -> None:
+    """Check a fine-tuned variant and add it to its seed's ``result``; with ``run_dir``, save it."""
+    phases.assert_unchanged(tuned.model, tuned.frozen, variant.name)
+    if not outcome.diverged and tuned.tracker is not None:
+        result.decomposition[variant.name] = decomposition_result(tuned.tracker)
+    if not outcome.diverged and run_dir is not None and variant.method in ADAPTERS:
+        files, checks = save_method(tuned.model, variant.name, run_dir, test_data, base=base)
+        outcome = dataclasses.replace(outcome, files=files, file_checks=checks)
+    result.methods[variant.name] = outcome
 
 
-def start_variant(base: torch.nn.Module, variant: Variant, seed: int, config: Config, track: bool = True) -> Tuned:
-    torch.manual_seed(seed)  # every method starts from the same adapter init
-    model = prepare(base, variant.method, **variant.adapter)
-    frozen = {name: p.detach().clone() for name, p in model.named_parameters() if not p.requires_grad}
-    tracker = DecompositionTracker(model) if track and config.analysis.every_n_batches else None
-    return Tuned(model, frozen, tracker)
-
-
-def finish_variant(result: dict, variant: Variant, tuned: Tuned, outcome: dict, test_data: Split,
-                   base: torch.nn.Module, run_dir: Path | None) -> None:
-    """Check and record a fine-tuned variant into its seed's ``result``; with ``run_dir``, save it."""
-    outcome = result["methods"][variant.name] = {**outcome, **variant.describe()}
-    assert_unchanged(tuned.model, tuned.frozen, variant.name)
-    if outcome["diverged"]:
-        return
-    if tuned.tracker is not None:
-        result["decomposition"][variant.name] = decomposition_result(tuned.tracker)
-    if run_dir is not None and variant.method in ADAPTERS:
-        outcome.update(save_method(tuned.model, variant.name, run_dir, test_data, base=base))
-
-
-def pretrain(model, config: Config, seed: int, train_data: Split, test_data: Split, device: torch.device,
-             record) -> dict:
+def pretrain(model, config: Config, seed: int, mnist: Splits, device: torch.device, record) -> MethodResult:
     """Pretrain ``model`` in place, or load the base an earlier run trained from the same inputs."""
     path = cache_path(config, seed, device) if config.cache.enabled else None
     if path is not None and path.exists():
-        return reuse_pretrained(model, path, config, len(train_data), test_data, record)
-    records = []
-    result = fit(model, "pretrained", config.pretrain, train_data, test_data, seed, config,
-                 lambda r: (records.append(r), record(r)))
-    if path is not None and not result["diverged"]:
-        save_cached(path, model, [r for r in records if r["kind"] != "test"])
+        return reuse_pretrained(model, path, config, mnist, record)
+    kept = []  # the training records, cached with the weights for the plots of runs that reuse them
+
+    def keep(metrics: dict) -> None:
+        kept.append(metrics)
+        record(metrics)
+
+    result = phases.fit(model, PRETRAINED, config.pretrain, mnist.train, mnist.test, seed, keep,
+                        config.log.every_n_batches)
+    if path is not None and not result.diverged:
+        save_cached(path, model, [metrics for metrics in kept if metrics["kind"] != "test"])
     return result
 
 
-def pretrain_populations(config: Config, runs: list[dict], mnist: Splits, device: torch.device,
-                         record, launcher) -> list[torch.nn.Module]:
-    """Every seed's base, pretrained as populations or reused from the cache; the results go into
-    ``runs``. A population's members are cached under a key naming the whole population, since a
-    member's float32 bits depend on which models share its matmuls."""
-    seeds = [result["seed"] for result in runs]
+def pretrain_populations(config: Config, seeds: list[int], mnist: Splits, device: torch.device, record,
+                         launcher) -> tuple[list[torch.nn.Module], list[MethodResult]]:
+    """Every seed's base, pretrained as populations or reused from the cache, and its result. A
+    population's members are cached under a key naming the whole population, since a member's
+    float32 bits depend on which models share its matmuls."""
     bases = []
     for seed in seeds:
         torch.manual_seed(seed)
@@ -427,186 +431,38 @@ def pretrain_populations(config: Config, runs: list[dict], mnist: Splits, device
         if paths and all(path.exists() for path in paths):
             submitted.append((chunk, paths, None))
             continue
-        job = population_job([bases[i] for i in chunk], config.pretrain, mnist.train, chunk_seeds, config)
+        job = phases.population_job([bases[i] for i in chunk], config.pretrain, mnist.train, chunk_seeds,
+                                    config.log.every_n_batches)
         submitted.append((chunk, paths, launcher.submit(job)))
+    results = [None] * len(seeds)
     for chunk, paths, pending in submitted:
         if pending is None:
             for i, path in zip(chunk, paths):
-                seed_record = lambda r, seed=seeds[i]: record({"seed": seed, **r})  # noqa: E731
-                runs[i]["methods"]["pretrained"] = reuse_pretrained(bases[i], path, config, len(mnist.train),
-                                                                    mnist.test, seed_record)
+                results[i] = reuse_pretrained(bases[i], path, config, mnist, phases.tagged(record, seed=seeds[i]))
             continue
-        records = {seeds[i]: [] for i in chunk}
-        results = fit_population(launcher, pending, ["pretrained"] * len(chunk), config.pretrain, mnist.test, config,
-                                 lambda r: (records[r["seed"]].append(r), record(r)))
-        for i, result, path in zip(chunk, results, paths or [None] * len(chunk)):
-            runs[i]["methods"]["pretrained"] = result
-            if path is not None and not result["diverged"]:
-                save_cached(path, bases[i], [r for r in records[seeds[i]] if r["kind"] != "test"])
-    return bases
+        kept = {seeds[i]: [] for i in chunk}  # each member's training records, cached with its weights
+
+        def keep(metrics: dict) -> None:
+            kept[metrics["seed"]].append(metrics)
+            record(metrics)
+
+        outcomes = phases.fit_population(launcher, pending, [PRETRAINED] * len(chunk), mnist.test, keep)
+        for i, outcome, path in zip(chunk, outcomes, paths or [None] * len(chunk)):
+            results[i] = outcome
+            if path is not None and not outcome.diverged:
+                save_cached(path, bases[i], [metrics for metrics in kept[seeds[i]] if metrics["kind"] != "test"])
+    return bases, results
 
 
-def reuse_pretrained(model, path: Path, config: Config, n_train: int, test_data: Split, record) -> dict:
+def reuse_pretrained(model, path: Path, config: Config, mnist: Splits, record) -> MethodResult:
     """Load the cached base at ``path`` into ``model``, replay its training records, and test it."""
     print(f"\n== pretrained: reusing pretrained base from {path} (same data, model, pretrain settings, seed)")
     cached = load_pretrained(path, model)
-    for r in cached:
-        record({**r, "cached": True})  # its curve, for the plots; show() leaves them unprinted
-    epoch_records = [r for r in cached if r["kind"] == "epoch"]
-    result = score(model, "pretrained", test_data, epoch_records, config.pretrain.epochs, n_train, record)
-    return {**result, "cached": True}
-
-
-def fit(model, phase: str, settings, train_data: Split, test_data: Split, seed: int, config: Config, record,
-        tracker: DecompositionTracker | None = None) -> dict:
-    """Train ``model`` on ``train_data`` with ``settings`` (epochs, batch size, lr), then test it.
-
-    ``tracker``, when given, records the weight decomposition every ``analysis.every_n_batches``
-    optimiser steps and after the last one.
-    """
-    print(f"\n== {phase}: {phase_header(model, settings)}")
-    generator = torch.Generator().manual_seed(seed)  # every phase sees the same batch order
-    try:
-        epoch_records = train(model, train_data, epochs=settings.epochs, batch_size=settings.batch_size,
-                              lr=settings.lr, generator=generator, log_every=config.log.every_n_batches,
-                              max_loss=settings.max_loss, log=lambda r: record({"phase": phase, **r}),
-                              checkpoint=tracker, checkpoint_every=config.analysis.every_n_batches)
-    except Diverged as error:
-        record({"phase": phase, "kind": "diverged", "message": str(error)})
-        return diverged_result(str(error), model, settings, len(train_data))
-    if tracker is not None:
-        tracker(sum(len(r["batch_losses"]) for r in epoch_records))
-    return score(model, phase, test_data, epoch_records, settings.epochs, len(train_data), record)
-
-
-def population_job(models: list, settings, train_data: Split, seeds: list[int], config: Config,
-                   trackers: list | None = None, lrs: list[float] | None = None) -> TrainJob:
-    """What training ``models`` as one population takes: member i is seed ``seeds[i]``'s model, at
-    rate ``lrs[i]`` (default: ``settings.lr``), watched by ``trackers[i]`` if given."""
-    return TrainJob(models, trackers or [None] * len(models), train_data, seeds, lrs or settings.lr,
-                    epochs=settings.epochs, batch_size=settings.batch_size, log_every=config.log.every_n_batches,
-                    max_loss=settings.max_loss, checkpoint_every=config.analysis.every_n_batches)
-
-
-def fit_population(launcher, pending, phases: list[str], settings, test_data: Split, config: Config,
-                   record) -> list[dict]:
-    """``fit`` for a population submitted to ``launcher``: member i is phase ``phases[i]``. Waits for
-    its training, then tests each member, as ``fit`` does."""
-    job = pending.job
-    trained = train_members(launcher, pending, phases, settings, record)
-    results = []
-    for model, phase, seed, tracker, member in zip(job.models, phases, job.seeds, job.trackers, trained):
-        member_record = lambda r, seed=seed, phase=phase: record({"seed": seed, "phase": phase, "member": True, **r})  # noqa: E731
-        if member.diverged:
-            results.append(diverged_result(member.diverged, model, settings, len(job.data)))
-            continue
-        if tracker is not None:
-            tracker(sum(len(r["batch_losses"]) for r in member.epoch_records))
-        results.append(score(model, phase, test_data, member.epoch_records, settings.epochs, len(job.data),
-                             member_record))
-    show_members(", ".join(dict.fromkeys(phases)), [{"kind": "test", **r} for r in results if not r["diverged"]])
-    return results
-
-
-def train_members(launcher, pending, phases: list[str], settings, record) -> list:
-    """Collect a population submitted to ``launcher`` (``population.train_population``): trained here
-    now, or by Ray, whose log records arrive with its result. Each member's records go to ``record``
-    marked ``member`` (metrics.jsonl keeps them all); the console gets one line per logged batch with
-    the members' mean and range instead, and a line per diverged member."""
-    job = pending.job
-    label = ", ".join(dict.fromkeys(phases))
-    rates = f" at lr {', '.join(f'{lr:g}' for lr in dict.fromkeys(job.lr))}" if isinstance(job.lr, list) else ""
-    print(f"\n== {label}: {phase_header(job.models[0], settings)}; {len(job.models)} models at once{rates} "
-          f"(seeds {', '.join(map(str, dict.fromkeys(job.seeds)))})")
-
-    def log(records: dict[int, dict]) -> None:
-        for i, r in records.items():
-            record({"seed": job.seeds[i], "phase": phases[i], "member": True, **r})
-        show_members(label, list(records.values()))
-
-    trained = launcher.collect(pending, log)
-    for phase, seed, member in zip(phases, job.seeds, trained):
-        if member.diverged:
-            tqdm.write(f"{phase} (seed {seed}) diverged and was stopped: {member.diverged}; its results are not used")
-            record({"seed": seed, "phase": phase, "member": True, "kind": "diverged", "message": member.diverged})
-    return trained
-
-
-def phase_header(model, settings) -> str:
-    n_trainable = count_trainable_parameters(model)
-    n_total = sum(p.numel() for p in model.parameters())
-    epochs = f"{settings.epochs} epoch{'' if settings.epochs == 1 else 's'}"
-    return f"{epochs}, {n_trainable:,} of {n_total:,} parameters trainable"
-
-
-def diverged_result(error: str, model, settings, n_train: int) -> dict:
-    return {"diverged": True, "error": error, "test_accuracy": None, "test_correct": None, "n_test": None,
-            "n_train": n_train, "trainable_params": count_trainable_parameters(model), "train_seconds": None,
-            "epochs": settings.epochs}
-
-
-def score(model, phase: str, test_data: Split, epoch_records: list[dict], epochs: int, n_train: int,
-          record) -> dict:
-    """Accuracy on the whole of ``test_data``, with what training cost."""
-    accuracy = evaluate(model, test_data)
-    record({"phase": phase, "kind": "test", "test_accuracy": accuracy.percent, "n_test": accuracy.total})
-    return {
-        "diverged": False,
-        "test_accuracy": accuracy.percent,
-        "test_correct": accuracy.correct,
-        "n_test": accuracy.total,
-        "train_accuracy": epoch_records[-1]["train_accuracy"] if epoch_records else None,
-        "n_train": n_train,
-        "trainable_params": count_trainable_parameters(model),
-        "train_seconds": sum(record["seconds"] for record in epoch_records),
-        "epochs": epochs,
-    }
-
-
-def assert_unchanged(model: torch.nn.Module, frozen: dict, phase: str) -> None:
-    """The adapters must leave the pretrained weights bit-identical."""
-    changed = [name for name, p in model.named_parameters() if name in frozen and not torch.equal(p, frozen[name])]
-    if changed:
-        raise RuntimeError(f"{phase} fine-tuning changed frozen weights: {', '.join(changed)}")
-
-
-def show(record: dict) -> None:
-    """Print a metrics record; batch lines keep the seeds' format. Records replayed from the
-    pretrained cache are not printed again, nor a population's per-member records (show_members
-    prints those), nor the tuning record (its table is printed)."""
-    if record.get("cached") or record.get("member") or record["kind"] == "tuning":
-        return
-    if record["kind"] == "diverged":
-        tqdm.write(f"{record['phase']} diverged and was stopped: {record['message']}; its results are not used")
-    else:
-        show_members(record["phase"], [record])
-
-
-def show_members(label: str, records: list[dict]) -> None:
-    """One line for the same record of one model, or of every member of a population: then each
-    number is the members' mean with their [min, max]."""
-    if not records:
-        return
-    first, many = records[0], len(records) > 1
-
-    def stat(key: str, fmt: str) -> str:
-        values = [r[key] for r in records]
-        return (f"{sum(values) / len(values):{fmt}} [{min(values):{fmt}}, {max(values):{fmt}}]"
-                if many else f"{values[0]:{fmt}}")
-
-    of = f" (mean [min, max] of {len(records)} models)" if many else ""
-    epoch = f"Epoch: {first['epoch']:03d}/{first['epochs']:03d}" if "epoch" in first else ""
-    if first["kind"] == "batch":
-        line = f"{epoch} | Batch {first['batch']:03d}/{first['batches']:03d} | Loss: {stat('loss', '.4f')}{of}"
-    elif first["kind"] == "epoch":
-        line = (f"{epoch} | {label} train loss {stat('loss', '.4f')} | train accuracy "
-                f"{stat('train_accuracy', '.2f')}% of {first['n_train']:,} | {first['seconds']:.2f} s"
-                f"{f' per model{of}' if many else ''}")
-    else:
-        line = (f"{label}: test accuracy {stat('test_accuracy', '.2f')}%{of} of {first['n_test']:,} images"
-                if not many else f"{label}: test accuracy {stat('test_accuracy', '.2f')}%{of}, each of "
-                                 f"{first['n_test']:,} images")
-    tqdm.write(line)  # through tqdm, so a progress bar on a terminal is not broken up
+    for metrics in cached:
+        record({**metrics, "cached": True})  # its curve, for the plots; show() leaves them unprinted
+    return phases.score(model, PRETRAINED, mnist.test, record, lr=config.pretrain.lr, epochs=config.pretrain.epochs,
+                        n_train=len(mnist.train), epoch_records=[r for r in cached if r["kind"] == "epoch"],
+                        cached=True)
 
 
 if __name__ == "__main__":

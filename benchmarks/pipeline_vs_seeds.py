@@ -24,8 +24,9 @@ from seeds_way import seeds_pipeline  # noqa: E402
 
 
 def project_pipeline(config, device) -> dict:
-    summary = dora_example.run(config, device, dora_example.new_summary(config, device))
-    return {name: result["test_accuracy"] for name, result in summary["methods"].items()}
+    summary = dora_example.Summary(config, device)
+    dora_example.run(config, device, summary)
+    return {name: result.test_accuracy for name, result in summary.data["methods"].items()}
 
 
 def timed(pipeline, config, device) -> tuple[float, dict]:

@@ -7,7 +7,7 @@ output row into a magnitude m = ||W_row|| and a direction V = W_row / ||W_row||,
     dD = mean over rows of 1 - cos(V, V0)           (how much the directions turned)
 
 The paper's W is (d, k) with column-wise norms, one per output feature; our rows are those columns.
-Over checkpoints and layers, the paper finds dM falling as dD rises for full fine-tuning and DoRA
+Over the steps it is measured at and the layers, the paper finds dM falling as dD rises for full fine-tuning and DoRA
 (negative slope) and rising with it for LoRA (positive slope): LoRA cannot change the one without
 the other, which is what the magnitude vector of DoRA is for.
 """
@@ -63,7 +63,7 @@ class DecompositionPoint:
 class DecompositionTracker:
     """Records (dM, dD) of every trainable layer against its weight when the tracker was made.
 
-    Call it with the optimiser step count at each checkpoint; it computes under no_grad, and the
+    Call it with the optimiser step count at each step to measure; it computes under no_grad, and the
     training loop leaves its time out of the epoch's seconds.
     """
 
@@ -77,7 +77,7 @@ class DecompositionTracker:
     @torch.no_grad()
     def __call__(self, step: int) -> None:
         if self.points and self.points[-1].step == step:
-            return  # already recorded: the final checkpoint may coincide with a periodic one
+            return  # already recorded: the last step may be a periodic one too
         for name, weight in effective_weights(self.model).items():
             self.points.append(DecompositionPoint(step, name, *decomposition_change(self.initial[name], weight)))
 
@@ -86,9 +86,9 @@ MIN_POINTS = 5  # fewer points than this fit a line that says nothing
 
 
 def fit_decomposition(points: list[DecompositionPoint]) -> Line | None:
-    """The paper's line of dM on dD over every checkpoint and layer; None where it would not be honest.
+    """The paper's line of dM on dD over every measured step and layer; None where it would not be honest.
 
-    None with fewer than ``MIN_POINTS`` points, with every point from one checkpoint (the final points
+    None with fewer than ``MIN_POINTS`` points, with every point from one step (the final points
     of a few seeds and layers say nothing about how training moved them), or without two distinct dD.
     """
     if len(points) < MIN_POINTS or len({point.step for point in points}) < 2 or len({point.dD for point in points}) < 2:
@@ -101,5 +101,5 @@ def unavailable_reason(points: list[DecompositionPoint]) -> str:
     if len(points) < MIN_POINTS:
         return f"{len(points)} points, fewer than {MIN_POINTS}"
     if len({point.step for point in points}) < 2:
-        return "every point is from one checkpoint (set analysis.every_n_batches below the run's steps)"
+        return "every point is from one step (set analysis.every_n_batches below the run's steps)"
     return "dD does not vary"

@@ -15,25 +15,26 @@ from loradora.adapters import merge_adapters
 from loradora.checkpoints import load_adapters, load_model, save_adapters, save_model
 from loradora.data import Split
 from loradora.export import export_peft
+from loradora.results import FileChecks, MethodResult
 from loradora.training import accuracy, predict
 
 PRETRAINED = "pretrained.safetensors"
-# what save_method adds to a method's result: the checks of the files it wrote
-ARTIFACT_FIELDS = ("merged_test_accuracy", "merged_test_correct", "merged_max_logit_diff", "reloaded_test_correct",
-                   "files")
 
 
-def save_pretrained(model: nn.Module, run_dir: Path) -> dict:
+def save_pretrained(model: nn.Module, run_dir: Path) -> dict[str, int]:
+    """Save the base; returns the bytes of the file written, for MethodResult.files."""
     save_model(model, run_dir / PRETRAINED)
-    return {"files": {"full_model_bytes": (run_dir / PRETRAINED).stat().st_size}}
+    return {"full_model_bytes": (run_dir / PRETRAINED).stat().st_size}
 
 
-def save_method(tuned: nn.Module, method: str, run_dir: Path, test_data: Split, base: nn.Module) -> dict:
+def save_method(tuned: nn.Module, method: str, run_dir: Path, test_data: Split,
+                base: nn.Module) -> tuple[dict[str, int], FileChecks]:
     """Save the adapters, the merged model and the PEFT export of ``tuned``; test what was saved.
 
     ``base`` is the pretrained model, already saved by ``save_pretrained``. The merged model is
     tested against ``tuned`` on every test image (same predictions, logits within float rounding),
     and the adapter file, re-attached to the saved base, must reproduce ``tuned``'s correct count.
+    Returns the bytes of each file written, and the checks.
     """
     paths = {"adapter": run_dir / "adapters" / f"{method}.safetensors",
              "merged": run_dir / f"{method}_merged.safetensors",
@@ -52,26 +53,24 @@ def save_method(tuned: nn.Module, method: str, run_dir: Path, test_data: Split, 
     if reloaded.correct != unmerged.correct:
         raise RuntimeError(f"{method}: {paths['adapter']} on {paths['full_model']} gets {reloaded.correct} "
                            f"test images right, the fine-tuned model {unmerged.correct}")
-    return {
-        "merged_test_accuracy": merged.percent,
-        "merged_test_correct": merged.correct,
-        "merged_max_logit_diff": (merged_logits - logits).abs().max().item(),
-        "reloaded_test_correct": reloaded.correct,
-        "files": {f"{name}_bytes": path.stat().st_size for name, path in paths.items()},
-    }
+    files = {f"{name}_bytes": path.stat().st_size for name, path in paths.items()}
+    return files, FileChecks(merged_test_accuracy=merged.percent, merged_test_correct=merged.correct,
+                             merged_max_logit_diff=(merged_logits - logits).abs().max().item(),
+                             reloaded_test_correct=reloaded.correct)
 
 
-def format_artifacts(methods: dict) -> str:
+def format_artifacts(methods: dict[str, MethodResult]) -> str:
     """One line per fine-tuned method: its file sizes against the full model's, merged vs unmerged."""
     lines = []
     for name, result in methods.items():
-        if "merged_test_accuracy" not in result:
+        checks = result.file_checks
+        if checks is None:
             continue
-        adapter_bytes, full_bytes = result["files"]["adapter_bytes"], result["files"]["full_model_bytes"]
+        adapter_bytes, full_bytes = result.files["adapter_bytes"], result.files["full_model_bytes"]
         lines.append(
             f"{name}: adapter file {adapter_bytes:,} bytes vs full model {full_bytes:,} "
-            f"({adapter_bytes / full_bytes:.1%}); test accuracy merged {result['merged_test_accuracy']:.2f}% "
-            f"({result['merged_test_correct']:,} of {result['n_test']:,}) vs unmerged "
-            f"{result['test_accuracy']:.2f}% ({result['test_correct']:,}), logits within "
-            f"{result['merged_max_logit_diff']:.1e}")
+            f"({adapter_bytes / full_bytes:.1%}); test accuracy merged {checks.merged_test_accuracy:.2f}% "
+            f"({checks.merged_test_correct:,} of {result.n_test:,}) vs unmerged "
+            f"{result.test_accuracy:.2f}% ({result.test_correct:,}), logits within "
+            f"{checks.merged_max_logit_diff:.1e}")
     return "\n".join(lines)

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from loradora.config import Config
-from loradora.results import cpu_name, write_atomic
+from loradora.files import write_atomic
+from loradora.run_folder import cpu_name
 
 CACHE_FORMAT = 1  # bump when what a cache file holds changes; code changes are in the source digest
 
@@ -30,6 +31,7 @@ CACHE_FORMAT = 1  # bump when what a cache file holds changes; code changes are 
 PACKAGE = Path(__file__).resolve().parent
 SOURCES = (PACKAGE / "choices.py", PACKAGE / "model.py", PACKAGE / "data.py", PACKAGE / "training.py",
            PACKAGE / "population.py",  # pretrains several seeds at once
+           PACKAGE / "phases.py",  # runs the training loop for a phase
            PACKAGE.parent / "dora_example.py")  # the script seeds and drives the pretraining
 
 

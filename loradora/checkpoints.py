@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from loradora.adapters import ADAPTERS, DoRALinear, LoRALinear, adapter_layers, add_adapters
-from loradora.results import write_atomic
+from loradora.files import write_atomic
 
 CONFIG_KEY = "adapter_config"  # the safetensors metadata entry that holds the adapter settings
 

@@ -28,8 +28,32 @@ class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the key."""
 
 
+PATH_KEYS = ("data.root", "output.dir", "cache.dir")
+MAX_WIDTH = 16_384  # model.hidden_sizes
+INT64 = 2**63  # torch's seeds and sizes are 64-bit: a larger integer would fail deep inside a run
+LAUNCHERS = ("local", "ray")
+# ray.address: what ray.init joins. "auto" finds the cluster this machine belongs to (ray start); a
+# GCS address host:port, or ray://host:port for Ray Client, names one; null starts a runtime here.
+RAY_ADDRESS = re.compile(r"auto|(ray://)?[^\s/:]+:\d{1,5}")
+
+
+# A range check: (field, whether its value is allowed, the text that says what is allowed). Each
+# section lists its own from checks(), naming fields without the section: validate() adds the name
+# under which Config holds the section, so the checks a subclass inherits name the subclass's keys
+# (FinetuneConfig's are finetune.lr, not pretrain.lr). Every float is finite by the time they run
+# (coerce), so "> 0" is all a positive number still needs.
+Check = tuple[str, bool, str]
+
+
+class Section:
+    """A section of the config: a dataclass whose keys have ranges that their types cannot express."""
+
+    def checks(self, config: "Config") -> list[Check]:
+        return []  # a section whose types say it all, such as cache
+
+
 @dataclass
-class DataConfig:
+class DataConfig(Section):
     root: str = "data"
     download: bool = True
     train_subset: int | None = None
@@ -37,18 +61,40 @@ class DataConfig:
     validation_size: int = 0
     validation_seed: int = 0
 
+    def checks(self, config: "Config") -> list[Check]:
+        return [
+            ("train_subset", self.train_subset is None or self.train_subset >= 1, "null or an integer >= 1"),
+            ("test_subset", self.test_subset is None or self.test_subset >= 1, "null or an integer >= 1"),
+            ("validation_size", self.validation_size >= 0, "an integer >= 0 (0: no validation split)"),
+            ("validation_size", self.validation_size < (self.train_subset or 60_000),
+             "fewer images than the training set holds (60,000, or data.train_subset)"),
+        ]
+
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
     hidden_sizes: list[int] = field(default_factory=lambda: [128, 256])
 
+    def checks(self, config: "Config") -> list[Check]:
+        # The bound keeps a typo from asking for terabytes: two 16,384-wide layers are 1 GiB of float32.
+        return [("hidden_sizes", all(1 <= size <= MAX_WIDTH for size in self.hidden_sizes),
+                 f"integers from 1 to {MAX_WIDTH:,}")]
+
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(Section):
     epochs: int = 1
     batch_size: int = 64
     lr: float = 0.005
     max_loss: float = 1000.0
+
+    def checks(self, config: "Config") -> list[Check]:
+        return [
+            ("epochs", self.epochs >= 0, "an integer >= 0"),
+            ("batch_size", self.batch_size >= 1, "an integer >= 1"),
+            ("lr", self.lr > 0, "a finite number > 0"),
+            ("max_loss", self.max_loss > 0, "a finite number > 0"),
+        ]
 
 
 @dataclass
@@ -59,13 +105,30 @@ class FinetuneConfig(PretrainConfig):
     rotate_degrees: float = 45.0
     permutation_seed: int = 0
 
+    def checks(self, config: "Config") -> list[Check]:
+        return super().checks(config) + [
+            ("methods", set(self.methods) <= set(METHODS), f"a list drawn from {', '.join(METHODS)}"),
+            ("methods", len(set(self.methods)) == len(self.methods), "each method at most once"),
+            ("task", self.task in TASKS, f"one of {', '.join(TASKS)}"),
+        ]
+
 
 @dataclass
-class LoRAConfig:
+class LoRAConfig(Section):
     rank: int = 4
     alpha: float = 8.0
     scaling: str = "standard"
     dropout: float = 0.0
+
+    def checks(self, config: "Config") -> list[Check]:
+        limit = max_useful_rank(config.model.hidden_sizes)
+        return [
+            ("rank", self.rank >= 1, "an integer >= 1"),
+            ("rank", self.rank <= limit, f"an integer from 1 to {limit} for this model"),
+            ("alpha", self.alpha > 0, "a finite number > 0"),
+            ("scaling", self.scaling in SCALINGS, f"one of {', '.join(SCALINGS)}"),
+            ("dropout", 0 <= self.dropout < 1, "a number from 0 up to, not including, 1"),
+        ]
 
 
 @dataclass
@@ -74,7 +137,7 @@ class DoRAConfig(LoRAConfig):
 
 
 @dataclass
-class ExperimentConfig:
+class ExperimentConfig(Section):
     seeds: list[int] | None = None
     ranks: list[int] | None = None
     population: int | str = "auto"
@@ -84,33 +147,92 @@ class ExperimentConfig:
     margin: float = 0.05
     launcher: str = "local"
 
+    def checks(self, config: "Config") -> list[Check]:
+        # In this order because each group reads keys the one before it checks.
+        return self.sweep_checks(config) + self.tuning_checks(config) + self.launcher_checks(config)
+
+    def sweep_checks(self, config: "Config") -> list[Check]:
+        """The seeds and ranks every method runs at, how many train at once, and the verdicts' margin."""
+        seeds, ranks, population = self.seeds, self.ranks, self.population
+        limit = max_useful_rank(config.model.hidden_sizes)
+        return [
+            ("seeds", seeds is None or (len(seeds) >= 1 and len(set(seeds)) == len(seeds)),
+             "null or a non-empty list of distinct integers"),
+            ("ranks", ranks is None or (len(ranks) >= 1 and len(set(ranks)) == len(ranks) and min(ranks) >= 1),
+             "null or a non-empty list of distinct integers >= 1"),
+            ("ranks", ranks is None or all(rank <= limit for rank in ranks), f"ranks up to {limit} for this model"),
+            ("margin", self.margin > 0, "a finite number > 0 (accuracy points)"),
+            ("population", population == "auto" or (isinstance(population, int) and population >= 1),
+             "auto or an integer >= 1"),
+        ]
+
+    def tuning_checks(self, config: "Config") -> list[Check]:
+        """The learning-rate search: its rates, the split that judges them and the seeds that do."""
+        lrs, tuning = self.lrs, self.tuning_seeds
+        return [
+            ("lrs", lrs is None or (len(lrs) >= 1 and all(lr > 0 for lr in lrs) and len(set(lrs)) == len(lrs)),
+             "null or a non-empty list of distinct finite numbers > 0"),
+            ("lrs", lrs is None or config.data.validation_size > 0,
+             "null unless data.validation_size > 0: rates are chosen on the validation split, never the test set"),
+            ("tuning_seeds", tuning is None or (len(tuning) >= 1 and len(set(tuning)) == len(tuning)),
+             "null (every seed) or a non-empty list of distinct integers"),
+            ("tuning_seeds", tuning is None or lrs is not None, "null unless experiment.lrs is set"),
+            ("tuning_seeds", tuning is None or set(tuning) <= set(self.seeds or [config.seed]),
+             "seeds of the run (experiment.seeds, or seed): each is pretrained once and tuned from its base"),
+        ]
+
+    def launcher_checks(self, config: "Config") -> list[Check]:
+        """Ray runs populations as tasks, so a run that trains one model at a time (one seed, or
+        experiment.population: 1, without experiment.lrs) has none to send."""
+        return [
+            ("launcher", self.launcher in LAUNCHERS, f"one of {', '.join(LAUNCHERS)}"),
+            ("launcher", self.launcher != "ray" or trains_populations(config),
+             "local for a run that trains one model at a time (one seed, or experiment.population: 1 without "
+             "experiment.lrs): ray runs populations, and this run has none"),
+        ]
+
 
 @dataclass
-class AnalysisConfig:
+class AnalysisConfig(Section):
     every_n_batches: int | None = 100
 
+    def checks(self, config: "Config") -> list[Check]:
+        every = self.every_n_batches
+        return [("every_n_batches", every is None or every >= 1, "null or an integer >= 1")]
+
 
 @dataclass
-class CacheConfig:
+class CacheConfig(Section):
     enabled: bool = True
     dir: str | None = None
 
 
 @dataclass
-class LogConfig:
+class LogConfig(Section):
     every_n_batches: int = 400
     tensorboard: bool = False
 
+    def checks(self, config: "Config") -> list[Check]:
+        return [("every_n_batches", self.every_n_batches >= 1, "an integer >= 1")]
+
 
 @dataclass
-class OutputConfig:
+class OutputConfig(Section):
     dir: str = "results"
     run_name: str | None = None
 
+    def checks(self, config: "Config") -> list[Check]:
+        return [("run_name", is_plain_name(self.run_name),
+                 "null or a folder name without '/', '\\' or '..', so the run stays inside output.dir")]
+
 
 @dataclass
-class RayConfig:
+class RayConfig(Section):
     address: str | None = None
+
+    def checks(self, config: "Config") -> list[Check]:
+        return [("address", self.address is None or RAY_ADDRESS.fullmatch(self.address) is not None,
+                 "null (start Ray on this machine), auto, host:port or ray://host:port")]
 
 
 @dataclass
@@ -130,15 +252,6 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     ray: RayConfig = field(default_factory=RayConfig)
-
-
-PATH_KEYS = ("data.root", "output.dir", "cache.dir")
-MAX_WIDTH = 16_384  # model.hidden_sizes
-INT64 = 2**63  # torch's seeds and sizes are 64-bit: a larger integer would fail deep inside a run
-LAUNCHERS = ("local", "ray")
-# ray.address: what ray.init joins. "auto" finds the cluster this machine belongs to (ray start); a
-# GCS address host:port, or ray://host:port for Ray Client, names one; null starts a runtime here.
-RAY_ADDRESS = re.compile(r"auto|(ray://)?[^\s/:]+:\d{1,5}")
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (),
@@ -289,48 +402,32 @@ def unknown_key_message(key: str, known: list[str], prefix: str) -> str:
 
 
 def validate(config: Config) -> None:
-    """Ranges that the types cannot express; each failure names its key and what it allows."""
-    checks = [
-        ("pretrain.epochs", config.pretrain.epochs >= 0, "an integer >= 0"),
-        ("finetune.epochs", config.finetune.epochs >= 0, "an integer >= 0"),
-        ("pretrain.batch_size", config.pretrain.batch_size >= 1, "an integer >= 1"),
-        ("finetune.batch_size", config.finetune.batch_size >= 1, "an integer >= 1"),
-        # Every float is finite by now (coerce), so "> 0" is all a learning rate still needs.
-        ("pretrain.lr", config.pretrain.lr > 0, "a finite number > 0"),
-        ("finetune.lr", config.finetune.lr > 0, "a finite number > 0"),
-        # The bound keeps a typo from asking for terabytes: two 16,384-wide layers are 1 GiB of float32.
-        ("model.hidden_sizes", all(1 <= size <= MAX_WIDTH for size in config.model.hidden_sizes),
-         f"integers from 1 to {MAX_WIDTH:,}"),
-        ("log.every_n_batches", config.log.every_n_batches >= 1, "an integer >= 1"),
-        ("data.train_subset", config.data.train_subset is None or config.data.train_subset >= 1,
-         "null or an integer >= 1"),
-        ("data.test_subset", config.data.test_subset is None or config.data.test_subset >= 1,
-         "null or an integer >= 1"),
-    ]
-    limit = max_useful_rank(config.model.hidden_sizes)
-    for method in ("lora", "dora"):
-        adapter = getattr(config, method)
-        checks += [
-            (f"{method}.rank", adapter.rank >= 1, "an integer >= 1"),
-            (f"{method}.rank", adapter.rank <= limit, f"an integer from 1 to {limit} for this model"),
-            (f"{method}.alpha", adapter.alpha > 0, "a finite number > 0"),
-            (f"{method}.scaling", adapter.scaling in SCALINGS, f"one of {', '.join(SCALINGS)}"),
-            (f"{method}.dropout", 0 <= adapter.dropout < 1, "a number from 0 up to, not including, 1"),
-        ]
-    unknown_methods = [m for m in config.finetune.methods if m not in METHODS]
-    checks += [
-        ("finetune.methods", not unknown_methods, f"a list drawn from {', '.join(METHODS)}"),
-        ("pretrain.max_loss", config.pretrain.max_loss > 0, "a finite number > 0"),
-        ("finetune.max_loss", config.finetune.max_loss > 0, "a finite number > 0"),
-        ("output.run_name", is_plain_name(config.output.run_name),
-         "null or a folder name without '/', '\\' or '..', so the run stays inside output.dir"),
-    ]
+    """Ranges that the types cannot express; the first that fails is raised, naming its key.
+
+    Sections are checked in Config's order, which puts a key before those whose checks read it
+    (model.hidden_sizes before the rank limits it sets, data before experiment.lrs).
+    """
+    checks = [(f"{name}.{key}", ok, allowed) for name, section in sections(config)
+              for key, ok, allowed in section.checks(config)]
+    # One rule for the paths of every section: the OS would refuse a NUL only once a run had begun.
     checks += [(key, "\0" not in (lookup(config, key) or ""), "a path without a NUL character")
                for key in PATH_KEYS]
-    checks += experiment_checks(config)
     for key, ok, allowed in checks:
         if not ok:
             raise ConfigError(f"{key}: got {lookup(config, key)!r}, allowed: {allowed}")
+
+
+def trains_populations(config: Config) -> bool:
+    """Whether the run trains populations: several seeds (unless experiment.population is 1), or a
+    learning-rate grid to tune; else it trains one model after another."""
+    seeds = config.experiment.seeds or [config.seed]
+    return bool(config.experiment.lrs) or (len(seeds) > 1 and config.experiment.population != 1)
+
+
+def sections(config: Config) -> list[tuple[str, Section]]:
+    """(name, section) for each section of ``config``, in the order Config declares them."""
+    return [(f.name, getattr(config, f.name)) for f in dataclasses.fields(config)
+            if isinstance(getattr(config, f.name), Section)]
 
 
 def max_useful_rank(hidden_sizes: list[int]) -> int:
@@ -346,61 +443,6 @@ def max_useful_rank(hidden_sizes: list[int]) -> int:
 
 def is_plain_name(name: str | None) -> bool:
     return name is None or (name not in ("", ".", "..") and not any(c in name for c in "/\\\0"))
-
-
-def experiment_checks(config: Config) -> list[tuple[str, bool, str]]:
-    """Ranges of the keys that shape an experiment: methods, task, seeds, ranks, analysis."""
-    seeds, ranks = config.experiment.seeds, config.experiment.ranks
-    lrs, tuning = config.experiment.lrs, config.experiment.tuning_seeds
-    methods, every = config.finetune.methods, config.analysis.every_n_batches
-    limit = max_useful_rank(config.model.hidden_sizes)
-    return [
-        ("finetune.methods", len(set(methods)) == len(methods), "each method at most once"),
-        ("finetune.task", config.finetune.task in TASKS, f"one of {', '.join(TASKS)}"),
-        ("experiment.seeds", seeds is None or (len(seeds) >= 1 and len(set(seeds)) == len(seeds)),
-         "null or a non-empty list of distinct integers"),
-        ("experiment.ranks", ranks is None or (len(ranks) >= 1 and len(set(ranks)) == len(ranks)
-                                               and min(ranks) >= 1),
-         "null or a non-empty list of distinct integers >= 1"),
-        ("experiment.ranks", ranks is None or all(rank <= limit for rank in ranks),
-         f"ranks up to {limit} for this model"),
-        ("analysis.every_n_batches", every is None or every >= 1, "null or an integer >= 1"),
-        ("data.validation_size", config.data.validation_size >= 0, "an integer >= 0 (0: no validation split)"),
-        ("data.validation_size", config.data.validation_size < (config.data.train_subset or 60_000),
-         "fewer images than the training set holds (60,000, or data.train_subset)"),
-        ("experiment.lrs", lrs is None or (len(lrs) >= 1 and all(math.isfinite(lr) and lr > 0 for lr in lrs)
-                                           and len(set(lrs)) == len(lrs)),
-         "null or a non-empty list of distinct finite numbers > 0"),
-        ("experiment.lrs", lrs is None or config.data.validation_size > 0,
-         "null unless data.validation_size > 0: rates are chosen on the validation split, never the test set"),
-        ("experiment.tuning_seeds", tuning is None or (len(tuning) >= 1 and len(set(tuning)) == len(tuning)),
-         "null (every seed) or a non-empty list of distinct integers"),
-        ("experiment.tuning_seeds", tuning is None or lrs is not None, "null unless experiment.lrs is set"),
-        ("experiment.tuning_seeds", tuning is None or set(tuning) <= set(seeds or [config.seed]),
-         "seeds of the run (experiment.seeds, or seed): each is pretrained once and tuned from its base"),
-        ("experiment.margin", math.isfinite(config.experiment.margin) and config.experiment.margin > 0,
-         "a finite number > 0 (accuracy points)"),
-        ("experiment.population", config.experiment.population == "auto"
-         or (isinstance(config.experiment.population, int) and config.experiment.population >= 1),
-         "auto or an integer >= 1"),
-        *launcher_checks(config),
-    ]
-
-
-def launcher_checks(config: Config) -> list[tuple[str, bool, str]]:
-    """experiment.launcher and ray.address. Ray runs populations as tasks, so a run that trains one
-    model at a time (one seed, or experiment.population: 1, without experiment.lrs) has none to send."""
-    seeds = config.experiment.seeds or [config.seed]
-    populations = bool(config.experiment.lrs) or (len(seeds) > 1 and config.experiment.population != 1)
-    address = config.ray.address
-    return [
-        ("experiment.launcher", config.experiment.launcher in LAUNCHERS, f"one of {', '.join(LAUNCHERS)}"),
-        ("experiment.launcher", config.experiment.launcher != "ray" or populations,
-         "local for a run that trains one model at a time (one seed, or experiment.population: 1 without "
-         "experiment.lrs): ray runs populations, and this run has none"),
-        ("ray.address", address is None or RAY_ADDRESS.fullmatch(address) is not None,
-         "null (start Ray on this machine), auto, host:port or ray://host:port"),
-    ]
 
 
 def resolve_device(name: str) -> "torch.device":

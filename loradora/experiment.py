@@ -16,28 +16,27 @@ from loradora.adapters import ADAPTERS, lora_scaling
 from loradora.model import N_CLASSES, N_PIXELS
 from loradora.population import rank_buckets
 from loradora.analysis import DecompositionPoint, DecompositionTracker, fit_decomposition, unavailable_reason
+from loradora.results import MethodResult, SeedResults, aggregate_method
 from loradora.stats import paired_difference, spread, t_quantile_975, verdict
-
-# Fields that vary from seed to seed; the rest of a method's entry (n_test, trainable_params, rank...)
-# is the same for every seed. The saved files' checks are the first seed's, and stay in its run.
-PER_SEED_FIELDS = ("test_accuracy", "test_correct", "train_accuracy", "train_seconds", "cached", "diverged",
-                   "error", "merged_test_accuracy", "merged_test_correct", "merged_max_logit_diff",
-                   "reloaded_test_correct", "files")
-
 
 @dataclass
 class Variant:
-    name: str         # the key in summary.json: "lora", or "lora_r8" in a rank sweep
-    method: str       # lora, dora, full or head
-    adapter: dict     # rank, alpha, scaling, dropout (and detach_norm) for the adapters; empty for the baselines
+    name: str          # the key in summary.json: "lora", or "lora_r8" in a rank sweep
+    method: str | None  # lora, dora, full or head; None for the pretraining and the untuned base
+    adapter: dict = dataclasses.field(default_factory=dict)  # rank, alpha, scaling, dropout (and
+    # detach_norm) for the adapters; empty for the rest
 
-    def describe(self) -> dict:
-        """What the summary records about the variant beside its results."""
+    def settings(self) -> dict:
+        """The MethodResult fields that say what was trained: method, rank, alpha, scaling, s."""
         if not self.adapter:
-            return {"method": self.method}
+            return {"method": self.method, "rank": None, "alpha": None, "scaling": None, "s": None}
         rank, alpha, scaling = self.adapter["rank"], self.adapter["alpha"], self.adapter["scaling"]
         return {"method": self.method, "rank": rank, "alpha": alpha, "scaling": scaling,
                 "s": lora_scaling(rank, alpha, scaling)}
+
+
+PRETRAINED = Variant("pretrained", None)     # the base: every weight trained on plain MNIST
+NO_FINETUNE = Variant("no_finetune", None)   # that base scored on a shifted task, before fine-tuning
 
 
 def finetune_variants(config) -> list[Variant]:
@@ -81,38 +80,24 @@ def choose_rate(mean_accuracies: dict[float, float | None]) -> float:
     return max(finished, key=lambda lr: (mean_accuracies[lr], -lr))
 
 
-def aggregate(runs: list[dict], margin: float = 0.05) -> dict:
-    """The summary's results from per-seed runs ({"seed", "methods", "decomposition"} each).
+def aggregate(runs: list[SeedResults], margin: float = 0.05) -> dict:
+    """The summary's results from per-seed runs.
 
-    One seed: "methods" is that seed's, unchanged. Several: each method's test accuracy becomes the
-    mean over the seeds where it finished without diverging, with its std and the per-seed values
-    beside it. The last run may be partial (the summary is saved after every phase).
+    One seed: "methods" is that seed's, unchanged. Several: each method over the seeds
+    (``results.aggregate_method``). The last run may be partial (the summary is saved after every
+    phase).
     """
-    methods = runs[0]["methods"] if len(runs) == 1 else {
-        name: aggregate_method([run["methods"][name] for run in runs if name in run["methods"]])
-        for name in runs[0]["methods"]}
+    methods = runs[0].methods if len(runs) == 1 else {
+        name: aggregate_method([run.methods[name] for run in runs if name in run.methods])
+        for name in runs[0].methods}
+    pooled, unavailable = pool_decomposition(runs)
     return {
-        "seeds": [run["seed"] for run in runs],
+        "seeds": [run.seed for run in runs],
         "methods": methods,
         "comparisons": compare_adapters(runs, margin),
-        **dict(zip(("decomposition", "decomposition_unavailable"), pool_decomposition(runs))),
+        "decomposition": pooled,
+        "decomposition_unavailable": unavailable,
         "runs": runs,
-    }
-
-
-def aggregate_method(entries: list[dict]) -> dict:
-    finished = [entry for entry in entries if not entry.get("diverged", False)]
-    common = {key: value for key, value in (finished or entries)[0].items() if key not in PER_SEED_FIELDS}
-    accuracy = spread([entry["test_accuracy"] for entry in finished]) if finished else None
-    return {
-        **common,
-        "diverged": not finished,
-        "n_diverged": len(entries) - len(finished),
-        "test_accuracy": accuracy.mean if accuracy else None,
-        "test_accuracy_std": accuracy.std if accuracy else None,
-        "test_accuracies": [entry["test_accuracy"] for entry in entries],
-        "train_seconds": spread([entry["train_seconds"] for entry in finished]).mean if finished else None,
-        "n_seeds": len(finished),
     }
 
 
@@ -122,7 +107,7 @@ def adapter_pairs(names: list[str]) -> list[tuple[str, str]]:
             if name.startswith("dora") and "lora" + name.removeprefix("dora") in names]
 
 
-def compare_adapters(runs: list[dict], margin: float = 0.05) -> dict:
+def compare_adapters(runs: list[SeedResults], margin: float = 0.05) -> dict:
     """DoRA - LoRA test accuracy, paired by seed, per rank; empty with fewer than 2 seeds.
 
     A rank sweep asks its question once per rank, so its intervals are Bonferroni-adjusted for the
@@ -130,16 +115,16 @@ def compare_adapters(runs: list[dict], margin: float = 0.05) -> dict:
     family of their own.
     """
     comparisons = {}
-    pairs = adapter_pairs(list(runs[0]["methods"]))
+    pairs = adapter_pairs(list(runs[0].methods))
     family_size = {pair: sum(family(other) == family(pair[0]) for other, _ in pairs) for pair in pairs}
     for dora, lora in pairs:
-        paired = [run["methods"] for run in runs if finished(run["methods"], dora) and finished(run["methods"], lora)]
+        paired = [run.methods for run in runs if finished(run.methods, dora) and finished(run.methods, lora)]
         if len(paired) < 2:
             continue
-        difference = paired_difference([methods[dora]["test_accuracy"] for methods in paired],
-                                       [methods[lora]["test_accuracy"] for methods in paired],
+        difference = paired_difference([methods[dora].test_accuracy for methods in paired],
+                                       [methods[lora].test_accuracy for methods in paired],
                                        comparisons=family_size[dora, lora])
-        ranks = {"dora": runs[0]["methods"][dora]["rank"], "lora": runs[0]["methods"][lora]["rank"]}
+        ranks = {"dora": runs[0].methods[dora].rank, "lora": runs[0].methods[lora].rank}
         names = (f"DoRA (rank {ranks['dora']})", f"LoRA (rank {ranks['lora']})") \
             if ranks["dora"] != ranks["lora"] else ("DoRA", "LoRA")
         comparisons[f"{dora} - {lora}"] = {
@@ -155,17 +140,17 @@ def family(name: str) -> str:
     return name.partition("@")[2]
 
 
-def finished(methods: dict, name: str) -> bool:
-    return name in methods and not methods[name].get("diverged", False)
+def finished(methods: dict[str, MethodResult], name: str) -> bool:
+    return name in methods and not methods[name].diverged
 
 
-def pool_decomposition(runs: list[dict]) -> tuple[dict, dict]:
-    """Per variant, the line of dM on dD over every seed's checkpoints and layers, the per-seed slopes
+def pool_decomposition(runs: list[SeedResults]) -> tuple[dict, dict]:
+    """Per variant, the line of dM on dD over every seed's measured steps and layers, the per-seed slopes
     with their mean and 95% t interval over seeds, and the line within each layer; and, for the
     variants where no honest line exists (``analysis.fit_decomposition``), why not."""
     pooled, unavailable = {}, {}
-    for name in runs[0]["decomposition"]:
-        tracked = [run["decomposition"][name] for run in runs if name in run["decomposition"]]
+    for name in runs[0].decomposition:
+        tracked = [run.decomposition[name] for run in runs if name in run.decomposition]
         points = [DecompositionPoint(**point) for result in tracked for point in result["points"]]
         line = fit_decomposition(points)
         if line is None:

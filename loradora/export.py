@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from loradora.checkpoints import adapter_settings, adapter_state_dict, save_tensors
-from loradora.results import write_json
+from loradora.files import write_json
 
 PEFT_PREFIX = "base_model.model."  # PeftModel holds a LoraModel, which holds the user's model
 PEFT_NAMES = {"lora_A": "lora_A.weight", "lora_B": "lora_B.weight", "magnitude": "lora_magnitude_vector"}

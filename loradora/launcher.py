@@ -42,7 +42,7 @@ class LauncherUnavailable(RuntimeError):
 class TrainJob:
     """One population's training: its members, the data, and ``train_population``'s settings."""
     models: list[nn.Module]
-    trackers: list        # per member, a DecompositionTracker called at each checkpoint, or None
+    trackers: list        # per member, a DecompositionTracker, called every observe_every steps, or None
     data: Split
     seeds: list[int]      # per member: its batch order's generator seed
     lr: float | list[float]
@@ -50,20 +50,20 @@ class TrainJob:
     batch_size: int
     log_every: int
     max_loss: float
-    checkpoint_every: int | None
+    observe_every: int | None
 
 
 def train(job: TrainJob, log: Callable[[dict[int, dict]], None]) -> list[MemberRun]:
     """Train ``job``'s members as one population; they hold their trained weights on return."""
-    def checkpoint(step: int, alive: list[int]) -> None:
+    def observe(step: int, alive: list[int]) -> None:
         for i in alive:
             if job.trackers[i] is not None:
                 job.trackers[i](step)
 
     return train_population(Population(job.models), job.data, epochs=job.epochs, batch_size=job.batch_size,
                             lr=job.lr, generators=[torch.Generator().manual_seed(seed) for seed in job.seeds],
-                            log=log, log_every=job.log_every, max_loss=job.max_loss, checkpoint=checkpoint,
-                            checkpoint_every=job.checkpoint_every)
+                            log=log, log_every=job.log_every, max_loss=job.max_loss, observe=observe,
+                            observe_every=job.observe_every)
 
 
 @dataclass

@@ -19,6 +19,8 @@ from pathlib import Path
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from loradora.results import MethodResult, OverSeeds, from_json
+
 LAYER_MARKERS = "osD^v<>p"
 REFERENCE_LABELS = {"full": "full (every weight)", "head": "head (last layer)",
                     "no_finetune": "no_finetune (base, not tuned)", "pretrained": "pretrained (base)"}
@@ -28,7 +30,7 @@ LINE_STYLES = ("-", (0, (5, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2)))
 def write_plots(run_dir: Path) -> list[Path]:
     """Draw every figure that applies to the run in ``run_dir``; returns the files written."""
     run_dir = Path(run_dir)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = load_summary(run_dir)
     curves = loss_curves(run_dir / "metrics.jsonl")
     written = []
     for name, draw, applies in [
@@ -43,9 +45,15 @@ def write_plots(run_dir: Path) -> list[Path]:
     return written
 
 
+def load_summary(run_dir: Path) -> dict:
+    """summary.json, its methods read back as the records they were written from."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {**summary, "methods": {name: from_json(entry) for name, entry in summary["methods"].items()}}
+
+
 def is_rank_sweep(summary: dict) -> bool:
     """At least two ranks of an adapter from experiment.ranks (not merely lora.rank != dora.rank)."""
-    swept = {entry["rank"] for entry in summary["methods"].values() if "rank" in entry}
+    swept = {result.rank for result in summary["methods"].values() if result.rank is not None}
     return bool(summary["config"]["experiment"]["ranks"]) and len(swept) >= 2
 
 
@@ -79,7 +87,7 @@ def loss_panels(summary: dict, phases: list[str]) -> dict[str, list[str]]:
     sweep = bool(summary["config"]["experiment"]["ranks"])
     panels = defaultdict(list)
     for phase in phases:
-        method = methods.get(phase, {}).get("method")
+        method = methods[phase].method if phase in methods else None
         if phase == "pretrained":
             panels["pretraining (all weights)"].append(phase)
         elif not sweep:
@@ -154,26 +162,25 @@ def draw_accuracy_vs_rank(summary: dict) -> Figure:
 
     ax = axes[0]
     for i, method in enumerate(("lora", "dora")):
-        entries = sorted((r["rank"], r) for r in methods.values() if r.get("method") == method)
+        entries = sorted(((r.rank, r) for r in methods.values() if r.method == method), key=lambda entry: entry[0])
         if not entries:
             continue
         ranks = [rank for rank, _ in entries]
         offset = 1.04 if i else 1 / 1.04  # side by side, so the error bars do not hide each other
         # Own marker and dash pattern each, half see-through: where DoRA's line runs over LoRA's,
         # both stay visible.
-        ax.errorbar([rank * offset for rank in ranks], [r["test_accuracy"] for _, r in entries],
-                    yerr=[r.get("test_accuracy_std") or 0.0 for _, r in entries], marker="os"[i], capsize=3,
+        ax.errorbar([rank * offset for rank in ranks], [r.test_accuracy for _, r in entries],
+                    yerr=[std_of(r) for _, r in entries], marker="os"[i], capsize=3,
                     label=f"{method}", color=f"C{i}", linestyle=LINE_STYLES[i], alpha=0.8)
     for j, name in enumerate(("full", "head", "no_finetune", "pretrained")):
         if name not in methods or (name == "pretrained" and "no_finetune" in methods):
             continue  # the pretrained base on a shifted task is no_finetune; on MNIST it is pretrained
         result, color = methods[name], f"C{j + 2}"
-        ax.axhline(result["test_accuracy"], color=color, linestyle="--", label=REFERENCE_LABELS[name])
-        std = result.get("test_accuracy_std")
-        if std:
-            ax.axhspan(result["test_accuracy"] - std, result["test_accuracy"] + std, color=color, alpha=0.12)
+        ax.axhline(result.test_accuracy, color=color, linestyle="--", label=REFERENCE_LABELS[name])
+        if std := std_of(result):
+            ax.axhspan(result.test_accuracy - std, result.test_accuracy + std, color=color, alpha=0.12)
     ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted({r["rank"] for r in methods.values() if "rank" in r}))
+    ax.set_xticks(sorted({r.rank for r in methods.values() if r.rank is not None}))
     ax.get_xaxis().set_major_formatter("{x:g}")
     ax.set_xlabel("adapter rank r")
     ax.set_ylabel("test accuracy (%)")
@@ -184,8 +191,8 @@ def draw_accuracy_vs_rank(summary: dict) -> Figure:
 
     if with_differences:
         ax = axes[1]
-        rows = sorted((methods[pair.split(" - ")[0]]["rank"], c) for pair, c in comparisons.items()
-                      if "@" not in pair)  # the tuned runs; "@shared" ones are another family
+        rows = sorted(((methods[pair.split(" - ")[0]].rank, c) for pair, c in comparisons.items()
+                       if "@" not in pair), key=lambda row: row[0])  # the tuned runs; "@shared" ones are another family
         ranks = [rank for rank, _ in rows]
         means = [c["mean"] for _, c in rows]
         # the interval the verdict reads: Bonferroni-widened when several ranks are compared
@@ -202,6 +209,11 @@ def draw_accuracy_vs_rank(summary: dict) -> Figure:
         ax.set_title(f"Paired difference by seed ({n_seeds} seeds)\n{level} t interval{adjusted}")
         ax.grid(True, alpha=0.3)
     return figure
+
+
+def std_of(result: MethodResult | OverSeeds) -> float:
+    """The std over seeds for error bars; 0 for one seed's result."""
+    return getattr(result, "test_accuracy_std", None) or 0.0
 
 
 def draw_dm_dd(summary: dict) -> Figure:
@@ -233,7 +245,7 @@ def draw_dm_dd(summary: dict) -> Figure:
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize="small")  # below: panels sit side by side
     seeds = len(summary["seeds"])
     figure.suptitle(f"Magnitude vs. direction change of the effective weights during fine-tuning "
-                    f"(every checkpoint and layer{f', {seeds} seeds' if seeds > 1 else ''})")
+                    f"(every measured step and layer{f', {seeds} seeds' if seeds > 1 else ''})")
     return figure
 
 

@@ -266,8 +266,8 @@ def train_population(population: Population, data: Split, *, epochs: int, batch_
                      lr: float | Sequence[float],
                      generators: Sequence[torch.Generator], log: Callable[[dict[int, dict]], None],
                      log_every: int, max_loss: float = math.inf,
-                     checkpoint: Callable[[int, list[int]], None] | None = None,
-                     checkpoint_every: int | None = None) -> list[MemberRun]:
+                     observe: Callable[[int, list[int]], None] | None = None,
+                     observe_every: int | None = None) -> list[MemberRun]:
     """Adam on each member's own cross-entropy, every member at once; one ``MemberRun`` per member.
 
     The counterpart of ``training.train`` for a population: member i draws its batch order from
@@ -276,8 +276,8 @@ def train_population(population: Population, data: Split, *, epochs: int, batch_
     receives {member index: record} at every ``log_every``-th batch and at each epoch's end. A
     member whose worst loss so far is non-finite or above ``max_loss`` at a logged batch is
     diverged: it is taken out of the population (its weights as they were) and the others go on.
-    ``lr`` is one rate for every member or one per member. ``checkpoint(step, alive)`` runs after
-    every ``checkpoint_every``-th step with the members written back into their modules; ``alive``
+    ``lr`` is one rate for every member or one per member. ``observe(step, alive)`` runs after
+    every ``observe_every``-th step with the members written back into their modules; ``alive``
     lists the indices still training. The members' modules hold their trained weights on return.
     """
     device = data.images.device
@@ -319,10 +319,10 @@ def train_population(population: Population, data: Split, *, epochs: int, batch_
             if batch % log_every == 0:
                 log({i: {"kind": "batch", "epoch": epoch, "epochs": epochs, "batch": batch,
                          "batches": len(batches), "loss": loss} for i, loss in zip(alive, losses.tolist())})
-            if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
+            if observe is not None and observe_every and step % observe_every == 0:
                 pause = synchronized_now(device)
                 population.write_back()
-                checkpoint(step, alive)
+                observe(step, alive)
                 paused += synchronized_now(device) - pause
         seconds = (synchronized_now(device) - start - paused) / n_started
         losses = torch.stack(batch_losses, dim=1)  # (N, steps)

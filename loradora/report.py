@@ -1,9 +1,10 @@
 """The text a run prints at its end: the results table, DoRA - LoRA with its interval in plain words,
-the rank-sweep table and the weight-decomposition lines. Reads only the summary dict."""
+the rank-sweep table and the weight-decomposition lines. Reads only the summary (its methods as
+loradora.results records); every table goes through ``align``."""
 
 import textwrap
 
-from loradora.results import format_table
+from loradora.results import MethodResult, OverSeeds, SeedResults
 from loradora.tasks import task_label
 
 
@@ -21,7 +22,7 @@ def format_report(summary: dict) -> str:
             parts.append(arrow(several_intervals(comparisons)))
     elif comparisons:
         parts.append(format_comparisons(comparisons))
-    elif {"lora", "dora"} <= {m.get("method") for m in summary["methods"].values()}:
+    elif {"lora", "dora"} <= {result.method for result in summary["methods"].values()}:
         parts.append("One seed: no confidence interval. Set experiment.seeds (configs/seeds.yaml) to ask "
                      "whether DoRA beats LoRA.")
     if summary["decomposition"]:
@@ -46,7 +47,27 @@ def format_tuning(tuning: dict) -> str:
             + align(rows))
 
 
-def format_seed_table(methods: dict, seeds: list[int]) -> str:
+def format_table(methods: dict[str, MethodResult]) -> str:
+    """One seed's results side by side."""
+    rows = [("method", "rank", "alpha", "trainable params", "test accuracy", "train s")]
+    for name, result in methods.items():
+        rows.append((
+            name,
+            dash(result.rank),
+            dash(result.alpha, "g"),
+            f"{result.trainable_params:,}",
+            "diverged" if result.diverged else f"{result.test_accuracy:.2f}% of {result.n_test:,}",
+            dash(result.train_seconds, ".1f"),
+        ))
+    return align(rows)
+
+
+def dash(value, fmt: str = "") -> str:
+    """``value`` formatted, or "-" where it does not apply (None)."""
+    return "-" if value is None else format(value, fmt)
+
+
+def format_seed_table(methods: dict[str, OverSeeds], seeds: list[int]) -> str:
     """Mean +- sample std over seeds, with each seed's accuracy (up to 10 seeds: beyond, summary.json
     has them). A method that diverged for some seeds is averaged over the others, and says so."""
     per_seed = len(seeds) <= 10
@@ -56,23 +77,22 @@ def format_seed_table(methods: dict, seeds: list[int]) -> str:
     for name, result in methods.items():
         rows.append((
             name,
-            str(result.get("rank", "-")),
-            f"{result['trainable_params']:,}",
+            dash(result.rank),
+            f"{result.trainable_params:,}",
             seed_accuracy_cell(result),
             *([" ".join("diverged" if accuracy is None else f"{accuracy:.2f}"
-                        for accuracy in result["test_accuracies"])] if per_seed else []),
-            "-" if result["train_seconds"] is None else f"{result['train_seconds']:.1f}",
+                        for accuracy in result.test_accuracies)] if per_seed else []),
+            dash(result.train_seconds, ".1f"),
         ))
     return align(rows)
 
 
-def seed_accuracy_cell(result: dict) -> str:
-    diverged = f" ({result['n_diverged']} diverged)" if result.get("n_diverged") else ""
-    if result["test_accuracy"] is None:
+def seed_accuracy_cell(result: OverSeeds) -> str:
+    diverged = f" ({result.n_diverged} diverged)" if result.n_diverged else ""
+    if result.test_accuracy is None:
         return "diverged on every seed"
-    std = result["test_accuracy_std"]
-    spread = f" ± {std:.2f}" if std is not None else ""
-    return f"{result['test_accuracy']:.2f}{spread}% of {result['n_test']:,}{diverged}"
+    spread = f" ± {result.test_accuracy_std:.2f}" if result.test_accuracy_std is not None else ""
+    return f"{result.test_accuracy:.2f}{spread}% of {result.n_test:,}{diverged}"
 
 
 def align(rows: list[tuple[str, ...]]) -> str:
@@ -93,8 +113,8 @@ def test_set_note(finetune: dict) -> str:
                          f"plain MNIST test set.", width=100)
 
 
-def cache_note(runs: list[dict]) -> str:
-    seeds = [run["seed"] for run in runs if run["methods"]["pretrained"].get("cached")]
+def cache_note(runs: list[SeedResults]) -> str:
+    seeds = [run.seed for run in runs if run.methods["pretrained"].cached]
     if not seeds:
         return ""
     return textwrap.fill(f"Pretrained base reused from the cache for seed{'s' if len(seeds) > 1 else ''} "
@@ -140,8 +160,8 @@ def format_rank_table(summary: dict) -> str:
     methods, comparisons = summary["methods"], summary["comparisons"]
     by_rank = {}
     for name, result in methods.items():
-        if result.get("method") in ("lora", "dora") and "@" not in name:  # the tuned runs, not "@shared"
-            by_rank.setdefault(result["rank"], {})[result["method"]] = (name, result)
+        if result.method in ("lora", "dora") and "@" not in name:  # the tuned runs, not "@shared"
+            by_rank.setdefault(result.rank, {})[result.method] = (name, result)
     level = next((interval_label(c) for c in comparisons.values()), "95% CI")
     header = ("rank", "lora params", "lora accuracy", "dora params", "dora accuracy",
               f"dora - lora, paired [{level}]")
@@ -150,7 +170,7 @@ def format_rank_table(summary: dict) -> str:
         cells = [str(rank)]
         for method in ("lora", "dora"):
             name, result = by_rank[rank].get(method, (None, None))
-            cells += [f"{result['trainable_params']:,}", accuracy_cell(result)] if result else ["-", "-"]
+            cells += [f"{result.trainable_params:,}", accuracy_cell(result)] if result else ["-", "-"]
         pair = f"{by_rank[rank]['dora'][0]} - {by_rank[rank]['lora'][0]}" if len(by_rank[rank]) == 2 else None
         c = comparisons.get(pair)
         cells.append(f"{c['mean']:+.2f} [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]" if c else "-")
@@ -158,9 +178,11 @@ def format_rank_table(summary: dict) -> str:
     return align(rows)
 
 
-def accuracy_cell(result: dict) -> str:
-    std = result.get("test_accuracy_std")
-    return f"{result['test_accuracy']:.2f}%" if std is None else f"{result['test_accuracy']:.2f} ± {std:.2f}%"
+def accuracy_cell(result: MethodResult | OverSeeds) -> str:
+    if result.test_accuracy is None:
+        return "diverged"
+    std = getattr(result, "test_accuracy_std", None)  # one seed's result has none
+    return f"{result.test_accuracy:.2f}%" if std is None else f"{result.test_accuracy:.2f} ± {std:.2f}%"
 
 
 def format_decomposition(decomposition: dict) -> str:
@@ -177,7 +199,7 @@ def format_decomposition(decomposition: dict) -> str:
                      per_layer))
     return ("Weight decomposition (DoRA paper sec. 3.2): dM = mean |change of row norm|, dD = mean "
             "(1 - cos) of rows,\nagainst the pretrained weight; slope and r over every layer at every "
-            "checkpoint of every seed:\n" + align(rows))
+            "measured step of every seed:\n" + align(rows))
 
 
 def signed(value: float | None) -> str:

@@ -1,130 +1,122 @@
-"""What a run leaves behind in ``<output.dir>/<run_name>/``, and the table it prints.
+"""What a run measures, as typed records: one method on one seed (``MethodResult``), one seed's
+methods (``SeedResults``), and one method over the seeds (``OverSeeds``).
 
-config.yaml    the resolved config, every key, as the run used it
-metrics.jsonl  one JSON object per logged batch and per epoch, in the order they happened
-summary.json   {"methods": {...}, "config": {...}, "env": {...}}, written when the run ends
+summary.json holds these records field for field (``files.write_json``), every field always
+present (null where it does not apply); ``from_json`` reads them back for the plots. How the seeds
+of a method add up is declared field by field below, and a test checks that every field of
+``MethodResult`` is declared exactly once: a new field cannot slip into the summary as the first
+seed's value.
 """
 
-import json
-import os
-import platform
-import subprocess
-import tempfile
-import time
-from pathlib import Path
+from dataclasses import dataclass, field, fields
 
-import torch
+from loradora.stats import spread
 
 
-class OutputUnavailable(RuntimeError):
-    """The run folder cannot be created or written."""
+@dataclass(frozen=True)
+class FileChecks:
+    """The checks of a fine-tuned adapter's saved files, on the test set (artifacts.save_method)."""
+    merged_test_accuracy: float   # the merged model, in percent
+    merged_test_correct: int
+    merged_max_logit_diff: float  # largest |merged - unmerged| logit: float32 rounding only
+    reloaded_test_correct: int    # the adapter file re-attached to the saved base; must equal test_correct
 
 
-def create_run_dir(output_dir: str | Path, run_name: str | None) -> Path:
-    """A new, empty folder for this run; an existing one is never reused or overwritten.
-
-    A chosen name that exists is an error; the default name (a timestamp) gets a suffix instead.
-    """
-    output_dir = Path(output_dir)
-    names = [run_name] if run_name else [time.strftime("%Y%m%d-%H%M%S") + suffix
-                                         for suffix in ["", *(f"-{i}" for i in range(2, 100))]]
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        for name in names:
-            try:
-                (output_dir / name).mkdir()
-                return output_dir / name
-            except FileExistsError:
-                continue
-    except OSError as error:
-        raise OutputUnavailable(f"cannot create a run folder in {output_dir}: {error.strerror}") from None
-    raise OutputUnavailable(f"{output_dir / names[-1]} exists already; choose another output.run_name")
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write to a temporary file beside ``path`` then rename it, so a crash leaves no half file."""
-    mode = "wb" if isinstance(data, bytes) else "w"
-    with tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        try:
-            tmp.write(data)
-            tmp.close()
-            os.chmod(tmp.name, 0o644)  # temporary files are private (0600); results are to share
-            os.replace(tmp.name, path)
-        except BaseException:
-            os.unlink(tmp.name)
-            raise
+@dataclass(frozen=True)
+class MethodResult:
+    """One method (a variant of a sweep, the pretraining, or the untuned base) on one seed."""
+    # what was trained: the same for every seed of a run
+    method: str | None       # lora, dora, full, head; None for pretrained and no_finetune
+    rank: int | None         # the adapters' settings; None for the rest
+    alpha: float | None
+    scaling: str | None
+    s: float | None          # the update's scaling, from rank, alpha and scaling
+    lr: float | None         # the rate it trained at (chosen on the validation split, with experiment.lrs)
+    epochs: int
+    n_train: int
+    n_test: int
+    trainable_params: int
+    # how it went on this seed
+    diverged: bool
+    error: str | None        # why it diverged
+    test_accuracy: float | None  # percent of the n_test images; None if it diverged
+    test_correct: int | None
+    train_accuracy: float | None  # on the last epoch's batches as they were trained
+    train_seconds: float | None   # the training loop only (evaluation and analysis excluded)
+    cached: bool = False          # pretrained: loaded from the cache; train_seconds is the run that trained it
+    files: dict[str, int] = field(default_factory=dict)  # bytes of each file saved for it (first seed only)
+    file_checks: FileChecks | None = None                  # those files' checks, for a fine-tuned adapter
 
 
-def write_json(path: Path, data: dict) -> None:
-    write_atomic(path, json.dumps(data, indent=2) + "\n")
+@dataclass
+class SeedResults:
+    """One seed's results, phase by phase as they finish."""
+    seed: int
+    methods: dict[str, MethodResult] = field(default_factory=dict)
+    decomposition: dict[str, dict] = field(default_factory=dict)  # per variant: experiment.decomposition_result
 
 
-class MetricsLog:
-    """Appends one JSON object per line, each in a single write, so no record is ever half there."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __call__(self, record: dict) -> None:
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(descriptor, (json.dumps(record) + "\n").encode())
-        finally:
-            os.close(descriptor)
+# How the seeds of a method add up (aggregate_method), every MethodResult field named once:
+SHARED = ("method", "rank", "alpha", "scaling", "s", "lr", "epochs", "n_train", "n_test", "trainable_params")
+AVERAGED = ("test_accuracy", "train_seconds")  # over the seeds that finished; test_accuracy also its std
+COUNTED = ("diverged",)                         # n_diverged; diverged = on every seed
+PER_SEED = ("error", "test_correct", "train_accuracy", "cached", "files", "file_checks")  # in runs[i] only
 
 
-def environment(device: torch.device) -> dict:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    return {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": str(device),
-        "device_name": name,
-        "cpu_threads": torch.get_num_threads(),
-        "git_commit": git_commit(),
-    }
+@dataclass(frozen=True)
+class OverSeeds:
+    """A method over the seeds of a run: summary["methods"] when there are several."""
+    method: str | None
+    rank: int | None
+    alpha: float | None
+    scaling: str | None
+    s: float | None
+    lr: float | None
+    epochs: int
+    n_train: int
+    n_test: int
+    trainable_params: int
+    diverged: bool                     # on every seed
+    n_diverged: int
+    n_seeds: int                       # the seeds it finished on: the mean's sample
+    test_accuracy: float | None        # mean over those seeds
+    test_accuracy_std: float | None    # their sample std; None below 2 seeds
+    test_accuracies: list[float | None]  # every seed's, in seed order (None: diverged)
+    train_seconds: float | None        # mean over those seeds
 
 
-def cpu_name() -> str:
-    """The CPU's model name where Linux tells it (platform.processor() is empty there)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def aggregate_method(results: list[MethodResult]) -> OverSeeds:
+    """One method's results on several seeds (in seed order; some may have diverged)."""
+    finished = [result for result in results if not result.diverged]
+    shared = {name: getattr(results[0], name) for name in SHARED}
+    differing = [name for name in SHARED if any(getattr(result, name) != shared[name] for result in results)]
+    if differing:  # a bug upstream: seeds of one method must train alike
+        raise ValueError(f"{results[0].method}: {', '.join(differing)} differ between seeds")
+    accuracy = spread([result.test_accuracy for result in finished]) if finished else None
+    return OverSeeds(
+        **shared,
+        diverged=not finished,
+        n_diverged=len(results) - len(finished),
+        n_seeds=len(finished),
+        test_accuracy=accuracy.mean if accuracy else None,
+        test_accuracy_std=accuracy.std if accuracy else None,
+        test_accuracies=[result.test_accuracy for result in results],
+        train_seconds=spread([result.train_seconds for result in finished]).mean if finished else None,
+    )
 
 
-def git_commit() -> str | None:
-    """The checkout's commit, with '-dirty' when it has uncommitted changes; None outside git."""
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return commit + ("-dirty" if dirty else "")
+def from_json(entry: dict) -> MethodResult | OverSeeds:
+    """A summary.json entry of ``methods`` as the record it was written from."""
+    if "n_seeds" in entry:
+        return OverSeeds(**entry)
+    checks = entry["file_checks"]
+    return MethodResult(**{**entry, "file_checks": FileChecks(**checks) if checks else None})
 
 
-def format_table(methods: dict) -> str:
-    """The side-by-side comparison printed at the end of a run."""
-    header = ("method", "rank", "alpha", "trainable params", "test accuracy", "train s")
-    rows = [header]
-    for name, result in methods.items():
-        diverged = result.get("diverged", False)
-        rows.append((
-            name,
-            str(result.get("rank", "-")),
-            f"{result['alpha']:g}" if "alpha" in result else "-",
-            f"{result['trainable_params']:,}",
-            "diverged" if diverged else f"{result['test_accuracy']:.2f}% of {result['n_test']:,}",
-            "-" if diverged else f"{result['train_seconds']:.1f}",
-        ))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-             for row in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+def declared_fields() -> list[str]:
+    """Every field named in SHARED, AVERAGED, COUNTED and PER_SEED (a test compares it with MethodResult's)."""
+    return [*SHARED, *AVERAGED, *COUNTED, *PER_SEED]
+
+
+def result_fields() -> list[str]:
+    return [f.name for f in fields(MethodResult)]

@@ -33,8 +33,8 @@ class Accuracy:
 
 def train(model: nn.Module, data: Split, *, epochs: int, batch_size: int, lr: float,
           generator: torch.Generator, log: Callable[[dict], None], log_every: int,
-          max_loss: float = math.inf, checkpoint: Callable[[int], None] | None = None,
-          checkpoint_every: int | None = None) -> list[dict]:
+          max_loss: float = math.inf, observe: Callable[[int], None] | None = None,
+          observe_every: int | None = None) -> list[dict]:
     """Adam on cross-entropy over the trainable parameters; returns one record per epoch.
 
     ``log`` receives a record for every ``log_every``-th batch and one per epoch; an epoch record
@@ -42,7 +42,7 @@ def train(model: nn.Module, data: Split, *, epochs: int, batch_size: int, lr: fl
     the batches as they were trained (the whole epoch, not one batch) and the epoch's seconds.
     Between records the loop never waits for the device: loss and accuracy accumulate as tensors,
     and ``.item()`` is called only when a record is made. Timing synchronises the GPU and excludes
-    evaluation. ``checkpoint(step)`` runs after every ``checkpoint_every``-th optimiser step
+    evaluation. ``observe(step)`` runs after every ``observe_every``-th optimiser step
     (counted over all epochs); its time is left out of the epoch's seconds too.
 
     Raises Diverged, at the next record, once any batch loss was non-finite or above ``max_loss``
@@ -80,9 +80,9 @@ def train(model: nn.Module, data: Split, *, epochs: int, batch_size: int, lr: fl
             if batch % log_every == 0:  # the seeds log batch 0, 400, 800, ...
                 log({"kind": "batch", "epoch": epoch, "epochs": epochs, "batch": batch,
                      "batches": len(batches), "loss": loss.item()})
-            if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
+            if observe is not None and observe_every and step % observe_every == 0:
                 pause = synchronized_now(device)
-                checkpoint(step)
+                observe(step)
                 paused += synchronized_now(device) - pause
         seconds = synchronized_now(device) - start - paused
         losses = torch.stack(batch_losses)

@@ -1,10 +1,11 @@
-"""Models and adapter states shared by the adapter, parity and checkpoint tests."""
+"""Models, adapter states and results shared by the tests."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from loradora.adapters import DoRALinear, LoRALinear
+from loradora.results import MethodResult, SeedResults
 
 RANK, ALPHA = 3, 7.0  # alpha != rank, so every scaling convention gives s != 1
 
@@ -61,3 +62,15 @@ def rounding_bound(reference: torch.Tensor) -> float:
     scale (and absolutely near zero). Rounding errors grow with the values, so an absolute bound
     holds small logits tight and fails larger ones on another machine (1.1e-5 at logits of ~40)."""
     return 1e-5 * max(1.0, reference.abs().max().item())
+
+
+def method_result(**fields) -> MethodResult:
+    """A finished one-seed MethodResult with plain values, ``fields`` replacing them."""
+    plain = dict(method=None, rank=None, alpha=None, scaling=None, s=None, lr=0.005, epochs=1, n_train=1_000,
+                 n_test=100, trainable_params=10, diverged=False, error=None, test_accuracy=90.0, test_correct=90,
+                 train_accuracy=90.0, train_seconds=1.0)
+    return MethodResult(**{**plain, **fields})
+
+
+def seed_results(seed: int, methods: dict[str, MethodResult], decomposition: dict | None = None) -> SeedResults:
+    return SeedResults(seed, methods, decomposition or {})

@@ -230,7 +230,7 @@ def test_dropout_must_be_below_1(dropout):
 
 
 def with_zero_rows(layer: nn.Linear, rows=(1, 4)) -> nn.Linear:
-    """``layer`` with its weight's ``rows`` all zero, as in the checkpoint of peft issue 2049."""
+    """``layer`` with its weight's ``rows`` all zero, as in the saved model of peft issue 2049."""
     with torch.no_grad():
         layer.weight[list(rows)] = 0
     return layer

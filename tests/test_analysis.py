@@ -10,6 +10,7 @@ from loradora.analysis import (DecompositionPoint, DecompositionTracker, decompo
 from loradora.experiment import pool_decomposition
 from loradora.methods import prepare
 from loradora.model import MLP
+from helpers import seed_results
 
 
 def test_dm_and_dd_on_hand_built_rows():
@@ -70,7 +71,7 @@ def test_tracker_records_every_layer_once_per_step():
     with torch.no_grad():
         model.layers[2].weight.mul_(1.5)  # magnitudes up by half, directions unchanged
     tracker(5)
-    tracker(5)  # the final checkpoint may repeat the last periodic one
+    tracker(5)  # the last step may repeat the last periodic one
     assert [(p.step, p.layer) for p in tracker.points] == [(5, "layers.0"), (5, "layers.2"), (5, "layers.4")]
     moved = tracker.points[1]
     assert moved.dM == pytest.approx(0.5 * model.layers[2].weight.norm(dim=1).mean().item() / 1.5, rel=1e-5)
@@ -86,24 +87,24 @@ def test_fit_of_dm_on_dd():
     assert fit_decomposition(points[:1]) is None
 
 
-def test_no_line_from_too_few_points_or_one_checkpoint():
+def test_no_line_from_too_few_points_or_one_step():
     # Issue 10: a slope on fewer than 5 points, or across the seeds' final points only, is not reported.
     four = [DecompositionPoint(step, "l", dM=0.1 * step, dD=0.01 * step) for step in range(1, 5)]
     assert fit_decomposition(four) is None and unavailable_reason(four) == "4 points, fewer than 5"
     finals = [DecompositionPoint(100, f"l{seed}", dM=0.1 * seed, dD=0.01 * seed) for seed in range(6)]
-    assert fit_decomposition(finals) is None and "one checkpoint" in unavailable_reason(finals)
+    assert fit_decomposition(finals) is None and "one step" in unavailable_reason(finals)
 
 
 def test_per_method_slopes_carry_an_interval_over_seeds():
     def run(seed):
         points = [{"step": step, "layer": "l", "dM": (1 + seed / 10) * 0.01 * step, "dD": 0.01 * step}
                   for step in range(1, 7)]
-        return {"seed": seed, "methods": {}, "decomposition": {"dora": {"slope": 1 + seed / 10, "points": points}}}
+        return seed_results(seed, {}, {"dora": {"slope": 1 + seed / 10, "points": points}})
     pooled, unavailable = pool_decomposition([run(seed) for seed in range(4)])
     over = pooled["dora"]["slope_over_seeds"]
     assert unavailable == {} and over["n"] == 4 and over["mean"] == pytest.approx(1.15)
     assert over["ci95"][0] < 1.15 < over["ci95"][1]
-    short = [{**run(seed), "decomposition": {"dora": {"slope": None, "points": run(seed)["decomposition"]["dora"]
-                                                       ["points"][-1:]}}} for seed in range(6)]
-    assert pool_decomposition(short) == ({}, {"dora": "every point is from one checkpoint (set "
+    short = [seed_results(seed, {}, {"dora": {"slope": None, "points": run(seed).decomposition["dora"]["points"][-1:]}})
+             for seed in range(6)]
+    assert pool_decomposition(short) == ({}, {"dora": "every point is from one step (set "
                                                       "analysis.every_n_batches below the run's steps)"})

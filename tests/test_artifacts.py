@@ -1,13 +1,10 @@
 """What a run saves for use outside the script, from a smoke run tested on all 10,000 test images."""
 
-import json
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
-import dora_example
-from conftest import REPO
+from conftest import summary_of
 from loradora.checkpoints import load_adapters, load_model
 from loradora.data import load_mnist
 from loradora.model import MLP
@@ -19,17 +16,8 @@ METHODS = ["lora", "dora"]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, mnist_root):
-    output = tmp_path_factory.mktemp("results")
-    argv = ["--config", str(REPO / "configs" / "smoke.yaml"), f"data.root={mnist_root}", f"output.dir={output}",
-            "output.run_name=run", "data.test_subset=null"]
-    assert dora_example.main(argv) == 0
-    return output / "run"
-
-
-@pytest.fixture(scope="module")
-def summary(run):
-    return json.loads((run / "summary.json").read_text())["methods"]
+def summary(smoke_run):
+    return summary_of(smoke_run)["methods"]
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +33,14 @@ def adapted(run, method):
     return load_adapters(pretrained(run), run / "adapters" / f"{method}.safetensors")
 
 
-def test_run_saves_the_models_adapters_and_peft_exports(run, summary):
-    full_model_bytes = (run / "pretrained.safetensors").stat().st_size
+def test_run_saves_the_models_adapters_and_peft_exports(smoke_run, summary):
+    full_model_bytes = (smoke_run / "pretrained.safetensors").stat().st_size
     assert summary["pretrained"]["files"] == {"full_model_bytes": full_model_bytes}
     for method in METHODS:
         files = summary[method]["files"]
-        peft_dir = run / "peft" / method
-        assert files == {"adapter_bytes": (run / "adapters" / f"{method}.safetensors").stat().st_size,
-                         "merged_bytes": (run / f"{method}_merged.safetensors").stat().st_size,
+        peft_dir = smoke_run / "peft" / method
+        assert files == {"adapter_bytes": (smoke_run / "adapters" / f"{method}.safetensors").stat().st_size,
+                         "merged_bytes": (smoke_run / f"{method}_merged.safetensors").stat().st_size,
                          "peft_adapter_bytes": (peft_dir / "adapter_model.safetensors").stat().st_size,
                          "full_model_bytes": full_model_bytes}
         assert (peft_dir / "adapter_config.json").exists()
@@ -61,28 +49,29 @@ def test_run_saves_the_models_adapters_and_peft_exports(run, summary):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_merged_model_is_a_plain_mlp_that_predicts_as_the_adapters_do(run, summary, test_data, method):
-    state = load_file(run / f"{method}_merged.safetensors")
+def test_merged_model_is_a_plain_mlp_that_predicts_as_the_adapters_do(smoke_run, summary, test_data, method):
+    state = load_file(smoke_run / f"{method}_merged.safetensors")
     assert set(state) == set(MLP().state_dict())  # only nn.Linear weights and biases
     merged = MLP()
     merged.load_state_dict(state)
-    logits, merged_logits = predict(adapted(run, method), test_data.images), predict(merged, test_data.images)
+    logits, merged_logits = predict(adapted(smoke_run, method), test_data.images), predict(merged, test_data.images)
     assert (merged_logits - logits).abs().max() <= rounding_bound(logits)
-    assert (merged_logits - logits).abs().max().item() == summary[method]["merged_max_logit_diff"]
+    checks = summary[method]["file_checks"]
+    assert (merged_logits - logits).abs().max().item() == checks["merged_max_logit_diff"]
     correct = evaluate(merged, test_data).correct
-    assert correct == summary[method]["merged_test_correct"] == summary[method]["test_correct"]
+    assert correct == checks["merged_test_correct"] == summary[method]["test_correct"]
     assert len(test_data) == summary[method]["n_test"] == 10_000
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_adapter_file_on_the_saved_base_reproduces_the_test_accuracy(run, summary, test_data, method):
-    accuracy = evaluate(adapted(run, method), test_data)
-    assert accuracy.correct == summary[method]["test_correct"] == summary[method]["reloaded_test_correct"]
+def test_adapter_file_on_the_saved_base_reproduces_the_test_accuracy(smoke_run, summary, test_data, method):
+    accuracy = evaluate(adapted(smoke_run, method), test_data)
+    assert accuracy.correct == summary[method]["test_correct"] == summary[method]["file_checks"]["reloaded_test_correct"]
     assert accuracy.percent == summary[method]["test_accuracy"]
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_peft_loads_the_export_onto_the_pretrained_mlp(run, test_data, method):
-    peft_model = load_with_peft(pretrained(run), run / "peft" / method)
-    expected = predict(adapted(run, method), test_data.images)
+def test_peft_loads_the_export_onto_the_pretrained_mlp(smoke_run, test_data, method):
+    peft_model = load_with_peft(pretrained(smoke_run), smoke_run / "peft" / method)
+    expected = predict(adapted(smoke_run, method), test_data.images)
     torch.testing.assert_close(predict(peft_model, test_data.images), expected, atol=1e-5, rtol=0)

@@ -6,8 +6,7 @@ import shutil
 import pytest
 import torch
 
-import dora_example
-from conftest import REPO
+from conftest import REPO, smoke
 from loradora import cache
 from loradora.cache import cache_dir, load_pretrained, pretrain_key, save_cached
 from loradora.config import load_config
@@ -70,11 +69,8 @@ def test_save_then_load_restores_weights_and_records(tmp_path):
 
 def tiny_run(tmp_path, mnist_root, name, *overrides):
     """The pipeline on 512 training images; returns its methods and every logged loss."""
-    argv = ["--config", str(REPO / "configs" / "smoke.yaml"), f"data.root={mnist_root}", f"output.dir={tmp_path}",
-            f"output.run_name={name}", "data.train_subset=512", "data.test_subset=200", "finetune.epochs=1",
-            "analysis.every_n_batches=null", *overrides]
-    assert dora_example.main(argv) == 0
-    run = tmp_path / name
+    run = smoke(tmp_path, "data.train_subset=512", "data.test_subset=200", "finetune.epochs=1",
+                "analysis.every_n_batches=null", *overrides, run_name=name)
     losses = {}
     for record in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()):
         losses.setdefault(record["phase"], []).append(record.get("loss"))

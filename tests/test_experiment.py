@@ -1,28 +1,28 @@
 """Seeds, rank sweeps, baselines and shifted tasks: the aggregation on made-up runs, then the whole
 pipeline on a slice of MNIST, through the command line."""
 
+import dataclasses
 import json
 import statistics
 
 import pytest
 
-import dora_example
-from conftest import REPO
+from conftest import REPO, smoke
 from loradora.config import ConfigError, load_config
 from loradora.experiment import adapter_pairs, aggregate, finetune_variants
+from loradora.results import SeedResults
+from helpers import method_result, seed_results
 
 
-def fake_run(seed: int, accuracies: dict) -> dict:
-    methods = {name: {"test_accuracy": accuracy, "test_correct": 0, "n_test": 100, "train_accuracy": 0.0,
-                      "trainable_params": 10, "train_seconds": 1.0 + seed, "epochs": 1, "method": name, "rank": 4}
-               for name, accuracy in accuracies.items()}
-    return {"seed": seed, "methods": methods, "decomposition": {}}
+def fake_run(seed: int, accuracies: dict) -> SeedResults:
+    return seed_results(seed, {name: method_result(method=name, rank=4, test_accuracy=accuracy, train_seconds=1.0 + seed)
+                               for name, accuracy in accuracies.items()})
 
 
 def test_one_seed_keeps_the_single_run_schema():
     run = fake_run(1, {"pretrained": 95.0, "lora": 97.0, "dora": 97.1})
     summary = aggregate([run])
-    assert summary["methods"] is run["methods"] and summary["comparisons"] == {} and summary["seeds"] == [1]
+    assert summary["methods"] is run.methods and summary["comparisons"] == {} and summary["seeds"] == [1]
 
 
 def test_seeds_aggregate_to_mean_std_and_a_paired_difference():
@@ -30,11 +30,11 @@ def test_seeds_aggregate_to_mean_std_and_a_paired_difference():
     runs = [fake_run(seed, {"lora": l, "dora": d}) for seed, l, d in zip(range(5), lora, dora)]
     summary = aggregate(runs)
     result = summary["methods"]["dora"]
-    assert result["test_accuracy"] == pytest.approx(statistics.fmean(dora))
-    assert result["test_accuracy_std"] == pytest.approx(statistics.stdev(dora))
-    assert result["test_accuracies"] == dora and result["n_seeds"] == 5
-    assert result["train_seconds"] == pytest.approx(3.0) and result["n_test"] == 100
-    assert "test_correct" not in result  # per-seed counts live in summary["runs"]
+    assert result.test_accuracy == pytest.approx(statistics.fmean(dora))
+    assert result.test_accuracy_std == pytest.approx(statistics.stdev(dora))
+    assert result.test_accuracies == dora and result.n_seeds == 5
+    assert result.train_seconds == pytest.approx(3.0) and result.n_test == 100
+    assert not hasattr(result, "test_correct")  # per-seed counts live in summary["runs"]
     (name, comparison), = summary["comparisons"].items()
     assert name == "dora - lora"
     assert comparison["mean"] == pytest.approx(0.1) and comparison["df"] == 4
@@ -46,7 +46,7 @@ def test_seeds_aggregate_to_mean_std_and_a_paired_difference():
 def test_a_pair_of_different_ranks_says_so():
     runs = [fake_run(seed, {"lora": 97.0 + seed / 10, "dora": 97.0}) for seed in range(3)]
     for run in runs:
-        run["methods"]["lora"]["rank"] = 8
+        run.methods["lora"] = dataclasses.replace(run.methods["lora"], rank=8)
     comparison = aggregate(runs)["comparisons"]["dora - lora"]
     assert comparison["ranks"] == {"dora": 4, "lora": 8} and "DoRA (rank 4)" in comparison["verdict"]
 
@@ -56,7 +56,8 @@ def test_variants_of_a_rank_sweep():
     variants = finetune_variants(config)
     assert [v.name for v in variants] == ["lora_r1", "lora_r8", "dora_r1", "dora_r8", "head"]
     assert variants[3].adapter["rank"] == 8 and variants[3].adapter["alpha"] == 3.0
-    assert variants[3].describe()["s"] == 3.0 / 8 and variants[4].describe() == {"method": "head"}
+    assert variants[3].settings()["s"] == 3.0 / 8
+    assert variants[4].settings() == {"method": "head", "rank": None, "alpha": None, "scaling": None, "s": None}
     assert adapter_pairs([v.name for v in variants]) == [("dora_r1", "lora_r1"), ("dora_r8", "lora_r8")]
 
 
@@ -89,17 +90,14 @@ def test_shipped_configs_load(name):
         assert set(config.experiment.tuning_seeds) < set(config.experiment.seeds)
 
 
-def tiny_run(tmp_path, mnist_root, name, *overrides):
+def tiny_run(tmp_path, name, *overrides):
     """The pipeline on 512 training and 200 test images; returns the run folder."""
-    argv = ["--config", str(REPO / "configs" / "smoke.yaml"), f"data.root={mnist_root}", f"output.dir={tmp_path}",
-            f"output.run_name={name}", "data.train_subset=512", "data.test_subset=200", "finetune.epochs=1",
-            *overrides]
-    assert dora_example.main(argv) == 0
-    return tmp_path / name
+    return smoke(tmp_path, "data.train_subset=512", "data.test_subset=200", "finetune.epochs=1", *overrides,
+                 run_name=name)
 
 
 def test_seeds_with_baselines_report_statistics_and_plots(tmp_path, mnist_root, capsys):
-    run = tiny_run(tmp_path, mnist_root, "seeds", "experiment.seeds=[1, 2, 3]",
+    run = tiny_run(tmp_path, "seeds", "experiment.seeds=[1, 2, 3]",
                    "finetune.methods=[lora, dora, full, head]", "analysis.every_n_batches=4")
     out = capsys.readouterr().out
     summary = json.loads((run / "summary.json").read_text())
@@ -113,7 +111,7 @@ def test_seeds_with_baselines_report_statistics_and_plots(tmp_path, mnist_root, 
     assert comparison["differences"] == pytest.approx([d - l for d, l in zip(per_seed["dora"], per_seed["lora"])])
     assert "mean ± std over 3 seeds" in out and "dora - lora:" in out and "95% CI" in out
     assert comparison["verdict"] in " ".join(out.split())  # printed wrapped
-    # dM/dD for every fine-tuned layer: 8 batches, checkpoints at steps 4 and 8, for 3 seeds.
+    # dM/dD for every fine-tuned layer: 8 batches, measured at steps 4 and 8, for 3 seeds.
     assert set(summary["decomposition"]) == {"lora", "dora", "full", "head"}
     assert summary["decomposition"]["lora"]["n"] == 3 * 2 * 3 and summary["decomposition"]["head"]["n"] == 3 * 2
     assert "Weight decomposition" in out
@@ -122,7 +120,7 @@ def test_seeds_with_baselines_report_statistics_and_plots(tmp_path, mnist_root, 
 
 
 def test_rank_sweep_reports_every_rank(tmp_path, mnist_root, capsys):
-    run = tiny_run(tmp_path, mnist_root, "sweep", "experiment.seeds=[1, 2]", "experiment.ranks=[1, 2]",
+    run = tiny_run(tmp_path, "sweep", "experiment.seeds=[1, 2]", "experiment.ranks=[1, 2]",
                    "finetune.methods=[lora, dora, head]", "analysis.every_n_batches=null")
     out = capsys.readouterr().out
     summary = json.loads((run / "summary.json").read_text())
@@ -136,7 +134,7 @@ def test_rank_sweep_reports_every_rank(tmp_path, mnist_root, capsys):
 
 
 def test_shifted_task_reports_the_base_on_the_shifted_test_set(tmp_path, mnist_root, capsys):
-    run = tiny_run(tmp_path, mnist_root, "shift", "finetune.task=rotate", "finetune.rotate_degrees=60",
+    run = tiny_run(tmp_path, "shift", "finetune.task=rotate", "finetune.rotate_degrees=60",
                    "finetune.methods=[lora]")
     out = capsys.readouterr().out
     methods = json.loads((run / "summary.json").read_text())["methods"]

@@ -9,8 +9,7 @@ import types
 
 import pytest
 
-import dora_example
-from conftest import REPO
+from conftest import REPO, smoke, summary_of
 from loradora.config import ConfigError, load_config
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
@@ -18,12 +17,10 @@ HAS_RAY = importlib.util.find_spec("ray") is not None
 
 def run(tmp_path, mnist_root, name, *overrides) -> tuple[dict, list[dict]]:
     """A population run on 512 training and 200 test images; its summary and metrics records."""
-    argv = ["--config", str(REPO / "configs" / "smoke.yaml"), f"data.root={mnist_root}", f"output.dir={tmp_path}",
-            f"output.run_name={name}", "data.train_subset=512", "data.test_subset=200", "finetune.epochs=1",
-            "cache.enabled=false", "log.every_n_batches=2", *overrides]
-    assert dora_example.main(argv) == 0
-    records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-    return json.loads((tmp_path / name / "summary.json").read_text()), records
+    run = smoke(tmp_path, "data.train_subset=512", "data.test_subset=200", "finetune.epochs=1", "cache.enabled=false",
+                "log.every_n_batches=2", *overrides, run_name=name)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return summary_of(run), records
 
 
 def without_times(value):
@@ -44,9 +41,7 @@ def deterministic_lines(out: str) -> list[str]:
 # First in the file, before a Ray runtime starts: these replace the ray module, which its threads import from.
 def test_without_the_ray_package_ray_is_one_line_and_no_run_folder(tmp_path, mnist_root, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
-    argv = ["--config", str(REPO / "configs" / "smoke.yaml"), f"data.root={mnist_root}", f"output.dir={tmp_path}",
-            "experiment.seeds=[1, 2]", "experiment.launcher=ray"]
-    assert dora_example.main(argv) == 2
+    smoke(tmp_path, "experiment.seeds=[1, 2]", "experiment.launcher=ray", exit_code=2)
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == (
         "error: experiment.launcher: ray needs the ray package: pip install ray (or pip install -r "
@@ -60,9 +55,7 @@ def test_a_cluster_that_cannot_be_joined_is_one_line_and_no_run_folder(tmp_path,
 
     fake = types.SimpleNamespace(is_initialized=lambda: False, init=init)
     monkeypatch.setitem(sys.modules, "ray", fake)
-    argv = ["--config", str(REPO / "configs" / "smoke.yaml"), f"data.root={mnist_root}", f"output.dir={tmp_path}",
-            "experiment.seeds=[1, 2]", "experiment.launcher=ray", "ray.address=auto"]
-    assert dora_example.main(argv) == 2
+    smoke(tmp_path, "experiment.seeds=[1, 2]", "experiment.launcher=ray", "ray.address=auto", exit_code=2)
     assert capsys.readouterr().err == ("error: ray.address: cannot join Ray at auto: Could not find any running Ray "
                                        "instance. Please specify the one to connect to.\n")
     assert list(tmp_path.iterdir()) == []

@@ -1,5 +1,6 @@
 """The figures, drawn from a small finished run written by hand, and the plots command's refusals."""
 
+import dataclasses
 import json
 import math
 
@@ -7,6 +8,9 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from loradora import plots
+from loradora.files import write_json
+from loradora.results import OverSeeds, aggregate_method
+from helpers import method_result
 
 METHODS = ("pretrained", "lora", "dora")
 
@@ -25,15 +29,22 @@ def finished_run(run_dir, status="complete"):
     summary = {
         "status": status, "seeds": [1], "comparisons": {},
         "config": {"experiment": {"ranks": None}, "finetune": {"task": "same"}},
-        "methods": {"pretrained": {"test_accuracy": 95.0},
-                    "lora": {"method": "lora", "rank": 4, "test_accuracy": 97.0},
-                    "dora": {"method": "dora", "rank": 4, "test_accuracy": 97.1}},
+        "methods": {"pretrained": method_result(test_accuracy=95.0),
+                    "lora": method_result(method="lora", rank=4, test_accuracy=97.0),
+                    "dora": method_result(method="dora", rank=4, test_accuracy=97.1)},
         "decomposition": {"lora": {"slope": 10.0, "intercept": 0.0, "correlation": 0.9},
                           "dora": {"slope": -3.0, "intercept": 0.05, "correlation": -0.5}},
         "runs": [{"seed": 1, "decomposition": {name: {"points": p, "layers": layers} for name, p in points.items()}}],
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary))
+    write_json(run_dir / "summary.json", summary)
     return run_dir
+
+
+def over_seeds(**fields) -> OverSeeds:
+    """Three seeds' aggregate of ``method_result(**fields)``, with its std."""
+    std = fields.pop("test_accuracy_std")
+    result = aggregate_method([method_result(**fields)] * 3)
+    return dataclasses.replace(result, test_accuracy_std=std)
 
 
 def drawn(figure):
@@ -53,7 +64,7 @@ def test_write_plots_draws_the_figures_that_apply(tmp_path):
 
 def test_loss_panels_share_a_y_scale_and_keep_their_legends_outside(tmp_path):
     run = finished_run(tmp_path / "run")
-    summary = json.loads((run / "summary.json").read_text())
+    summary = plots.load_summary(run)
     axes = drawn(plots.draw_loss_curves(plots.loss_curves(run / "metrics.jsonl"), summary))
     assert len(axes) == 2 and axes[0].get_ylim() == axes[1].get_ylim()
     assert legends_clear_of_the_data(axes)
@@ -62,7 +73,7 @@ def test_loss_panels_share_a_y_scale_and_keep_their_legends_outside(tmp_path):
 
 
 def test_dm_dd_panels_share_both_scales_and_keep_their_legends_outside(tmp_path):
-    summary = json.loads((finished_run(tmp_path / "run") / "summary.json").read_text())
+    summary = plots.load_summary(finished_run(tmp_path / "run"))
     axes = drawn(plots.draw_dm_dd(summary))
     assert len(axes) == 2
     assert axes[0].get_xlim() == axes[1].get_xlim() and axes[0].get_ylim() == axes[1].get_ylim()
@@ -104,10 +115,11 @@ def test_the_plots_command_refuses_what_is_not_a_finished_run_in_one_line(tmp_pa
 
 
 def test_accuracy_by_rank_keeps_its_legend_outside_and_the_adapters_apart():
-    methods = {f"{method}_r{rank}": {"method": method, "rank": rank, "test_accuracy": 97.0 + rank / 10,
-                                     "test_accuracy_std": 0.1}
+    methods = {f"{method}_r{rank}": over_seeds(method=method, rank=rank, test_accuracy=97.0 + rank / 10,
+                                               test_accuracy_std=0.1)
                for method in ("lora", "dora") for rank in (1, 2, 4)}
-    methods |= {"full": {"test_accuracy": 96.8, "test_accuracy_std": 0.3}, "head": {"test_accuracy": 97.2}}
+    methods |= {"full": over_seeds(method="full", test_accuracy=96.8, test_accuracy_std=0.3),
+                "head": over_seeds(method="head", test_accuracy=97.2, test_accuracy_std=None)}
     summary = {"methods": methods, "seeds": [1, 2, 3], "config": {"experiment": {"ranks": [1, 2, 4]}},
                "comparisons": {f"dora_r{rank} - lora_r{rank}": {"mean": 0.05, "ci95": [-0.1, 0.2], "ci": [-0.15, 0.25],
                                                                 "confidence": 1 - 0.05 / 3} for rank in (1, 2, 4)}}

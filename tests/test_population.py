@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-import dora_example
-from conftest import REPO
+from conftest import smoke, summary_of
 from loradora.adapters import DoRALinear, LoRALinear, row_norms
 from loradora.data import Split
 from loradora.methods import prepare
@@ -138,11 +137,11 @@ def test_a_diverged_member_stops_while_the_others_go_on():
     alone = [losses_alone(copy.deepcopy(models[i]), data, SEEDS[i], epochs=2) for i in (0, 2)]
     frozen_at = {}
 
-    def checkpoint(step, alive):
+    def observe(step, alive):
         frozen_at.setdefault(tuple(alive), copy.deepcopy(models[1].state_dict()))
 
-    together, runs = losses_together(models, data, epochs=2, max_loss=1000.0, checkpoint=checkpoint,
-                                     checkpoint_every=1)
+    together, runs = losses_together(models, data, epochs=2, max_loss=1000.0, observe=observe,
+                                     observe_every=1)
     assert runs[1].diverged and "max_loss 1000" in runs[1].diverged and runs[1].epoch_records == []
     assert runs[0].diverged is None and runs[2].diverged is None
     assert worst_relative(alone, [together[0], together[2]]) <= 1e-12
@@ -174,13 +173,10 @@ def test_same_inputs_give_the_same_bits():
 
 def tiny_run(tmp_path, mnist_root, name, *overrides) -> tuple[dict, list[dict]]:
     """dora_example on 512 training images and 200 test images; its summary and metrics records."""
-    argv = ["--config", str(REPO / "configs" / "smoke.yaml"), f"data.root={mnist_root}", f"output.dir={tmp_path}",
-            f"output.run_name={name}", "data.train_subset=512", "data.test_subset=200", "finetune.epochs=1",
-            "experiment.seeds=[1, 2, 3]", "log.every_n_batches=1", *overrides]
-    dora_example.main(argv)
-    run = tmp_path / name
+    run = smoke(tmp_path, "data.train_subset=512", "data.test_subset=200", "finetune.epochs=1",
+                "experiment.seeds=[1, 2, 3]", "log.every_n_batches=1", *overrides, run_name=name)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return json.loads((run / "summary.json").read_text()), records
+    return summary_of(run), records
 
 
 def batch_losses(records: list[dict]) -> dict:

@@ -8,16 +8,10 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import dora_example
-from conftest import REPO
-
-SMOKE = REPO / "configs" / "smoke.yaml"
+from conftest import smoke
 TAGS = {"loss/batch", "loss/epoch", "accuracy/train", "accuracy/test"}
 
 
-def smoke_argv(output_dir, mnist_root, *overrides):
-    return ["--config", str(SMOKE), f"data.root={mnist_root}", f"output.dir={output_dir}",
-            "output.run_name=run", "log.tensorboard=true", *overrides]
 
 
 def scalars(directory) -> dict[str, list[tuple[int, float]]]:
@@ -36,8 +30,7 @@ def test_event_files_hold_the_metrics_per_phase_and_seed(tmp_path, mnist_root):
     # Two seeds, so that each (phase, seed) is its own TensorBoard run; two fine-tuning epochs, so
     # that the batch steps must carry on from one epoch to the next. No analysis: it is not charted.
     overrides = ["experiment.seeds=[1, 2]", "finetune.epochs=2", "analysis.every_n_batches=null"]
-    assert dora_example.main(smoke_argv(tmp_path, mnist_root, *overrides)) == 0
-    run = tmp_path / "run"
+    run = smoke(tmp_path, "log.tensorboard=true", *overrides)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     board = run / "tensorboard"
     runs = sorted(str(path.parent.relative_to(board)) for path in board.rglob("events.out.tfevents.*"))
@@ -61,7 +54,7 @@ def test_event_files_hold_the_metrics_per_phase_and_seed(tmp_path, mnist_root):
 
 def test_without_the_package_the_run_stops_in_one_line(tmp_path, mnist_root, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # its import now fails
-    assert dora_example.main(smoke_argv(tmp_path, mnist_root)) == 2
+    smoke(tmp_path, "log.tensorboard=true", exit_code=2)
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "needs the tensorboard package: pip install tensorboard" in error
     assert list(tmp_path.iterdir()) == []  # no run folder
@@ -70,8 +63,7 @@ def test_without_the_package_the_run_stops_in_one_line(tmp_path, mnist_root, cap
 def test_off_by_default_writes_no_event_files(tmp_path, mnist_root, monkeypatch):
     # The default run must not need the package at all.
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
-    argv = smoke_argv(tmp_path, mnist_root, "finetune.methods=[lora]", "finetune.epochs=1")
-    assert dora_example.main([arg for arg in argv if arg != "log.tensorboard=true"]) == 0
+    smoke(tmp_path, "finetune.methods=[lora]", "finetune.epochs=1")
     assert not (tmp_path / "run" / "tensorboard").exists()
 
 

@@ -1,6 +1,7 @@
 """The training and evaluation loops, on synthetic data (no MNIST needed)."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch
 from loradora.adapters import add_adapters
 from loradora.data import Split, shuffled_batches
 from loradora.model import MLP
-from loradora.training import evaluate, train
+from loradora.training import Diverged, evaluate, train
 
 
 def synthetic(n: int = 512) -> Split:
@@ -53,6 +54,17 @@ def test_records_and_epoch_statistics_cover_every_batch():
     assert all(r["batches"] == 5 for r in batches)
     assert [r["n_train"] for r in epoch_records] == [300, 300]
     assert all(0 <= r["train_accuracy"] <= 100 and r["seconds"] > 0 for r in epoch_records)
+
+
+@pytest.mark.parametrize("poison,message", [
+    (lambda data: Split(data.images, data.labels), "max_loss 1000"),      # lr 1e3: huge but finite losses
+    (lambda data: Split(data.images * math.nan, data.labels), "nan"),     # a NaN anywhere
+])
+def test_a_diverging_loss_stops_training_with_where_it_happened(poison, message):
+    model = MLP()
+    with pytest.raises(Diverged, match=rf"a batch loss reached .*{message}.* by epoch 1, batch \d+"):
+        train(model, poison(synthetic()), epochs=2, batch_size=64, lr=1e3, generator=torch.Generator().manual_seed(0),
+              log=lambda record: None, log_every=1, max_loss=1000.0)
 
 
 def test_batches_are_a_seeded_permutation():

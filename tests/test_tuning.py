@@ -1,16 +1,15 @@
 """Issue 10: the validation split, the learning-rate choice, and the verdicts, on hand-made numbers
 and on a slice of MNIST. The test set must choose nothing."""
 
-import json
-
 import pytest
 import torch
 
 import dora_example
-from conftest import REPO
+from conftest import smoke, summary_of
 from loradora.data import Split, hold_out
 from loradora.experiment import aggregate, choose_rate
 from loradora.stats import paired_difference, seeds_needed, t_quantile, t_quantile_975, verdict
+from helpers import method_result, seed_results
 
 # ---- the validation split ----
 
@@ -82,9 +81,8 @@ def test_a_rank_sweep_widens_each_interval_by_bonferroni():
         methods = {}
         for rank in (1, 2, 4, 8):
             for method, accuracy in (("lora", 97.0 + seed / 7), ("dora", 97.0 + seed / 7 + shift + seed % 3 / 20)):
-                methods[f"{method}_r{rank}"] = {"test_accuracy": accuracy, "method": method, "rank": rank,
-                                                "trainable_params": 1, "n_test": 100, "train_seconds": 1.0}
-        return {"seed": seed, "methods": methods, "decomposition": {}}
+                methods[f"{method}_r{rank}"] = method_result(method=method, rank=rank, test_accuracy=accuracy)
+        return seed_results(seed, methods)
     comparisons = aggregate([run(seed, 0.05) for seed in range(6)])["comparisons"]
     assert len(comparisons) == 4
     for c in comparisons.values():
@@ -92,26 +90,23 @@ def test_a_rank_sweep_widens_each_interval_by_bonferroni():
         assert c["ci"][0] < c["ci95"][0] and c["ci"][1] > c["ci95"][1]
         assert c["t_critical"] == pytest.approx(t_quantile(1 - 0.05 / 8, 5))
         assert "98.75% interval" in c["verdict"] and "Bonferroni" in c["verdict"]
-    single = aggregate([{**run(seed, 0.05), "methods": {k: v for k, v in run(seed, 0.05)["methods"].items()
-                                                        if k.endswith("_r1")}} for seed in range(6)])
+    single = aggregate([seed_results(seed, {k: v for k, v in run(seed, 0.05).methods.items() if k.endswith("_r1")})
+                        for seed in range(6)])
     assert single["comparisons"]["dora_r1 - lora_r1"]["confidence"] == 0.95
 
 
 # ---- the pipeline: rates chosen on validation, the test set untouched ----
 
 
-def tuning_run(tmp_path, mnist_root, name, *overrides):
-    argv = ["--config", str(REPO / "configs" / "smoke.yaml"), f"data.root={mnist_root}", f"output.dir={tmp_path}",
-            f"output.run_name={name}", "data.train_subset=768", "data.test_subset=200", "data.validation_size=256",
-            "finetune.epochs=1", "finetune.methods=[lora, dora]", "experiment.seeds=[1, 2, 3]",
-            "experiment.tuning_seeds=[1, 2]", "experiment.lrs=[1.0e-3, 1.0e-2]", "analysis.every_n_batches=null",
-            "cache.enabled=false", *overrides]
-    assert dora_example.main(argv) == 0
-    return json.loads((tmp_path / name / "summary.json").read_text())
+def tuning_run(tmp_path, name, *overrides):
+    return summary_of(smoke(tmp_path, "data.train_subset=768", "data.test_subset=200", "data.validation_size=256",
+                            "finetune.epochs=1", "finetune.methods=[lora, dora]", "experiment.seeds=[1, 2, 3]",
+                            "experiment.tuning_seeds=[1, 2]", "experiment.lrs=[1.0e-3, 1.0e-2]",
+                            "analysis.every_n_batches=null", "cache.enabled=false", *overrides, run_name=name))
 
 
 def test_rates_are_chosen_on_validation_and_the_test_set_plays_no_part(tmp_path, mnist_root, monkeypatch, capsys):
-    summary = tuning_run(tmp_path, mnist_root, "tuned")
+    summary = tuning_run(tmp_path, "tuned")
     out = capsys.readouterr().out
     tuning = summary["tuning"]
     assert set(tuning) == {"lora", "dora"} and "Learning rates chosen on 256 validation images" in out
@@ -131,9 +126,9 @@ def test_rates_are_chosen_on_validation_and_the_test_set_plays_no_part(tmp_path,
         return split if train else Split(split.images, split.labels.roll(1))
 
     monkeypatch.setattr(dora_example, "load_mnist", scrambled)
-    assert tuning_run(tmp_path, mnist_root, "scrambled")["tuning"] == tuning
+    assert tuning_run(tmp_path, "scrambled")["tuning"] == tuning
 
 
 def test_the_shared_rate_runs_can_be_left_out(tmp_path, mnist_root):
-    summary = tuning_run(tmp_path, mnist_root, "fair_only", "experiment.shared_lr=false")
+    summary = tuning_run(tmp_path, "fair_only", "experiment.shared_lr=false")
     assert list(summary["methods"]) == ["pretrained", "lora", "dora"] and list(summary["comparisons"]) == ["dora - lora"]

@@ -1,0 +1,203 @@
+"""A phase of a run: train one model, or a population of them, then score it on the test set.
+
+A phase is the pretraining or one fine-tuning variant; its metrics records carry its name as
+"phase". ``fit`` trains one model, ``fit_population`` a population (loradora/population.py) that a
+launcher trains (loradora/launcher.py); both end in ``method_result``, the one place a
+``MethodResult`` is made. The console gets one line per record (``show``), or per population
+(``show_members``: the members' mean and range).
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from loradora.adapters import count_trainable_parameters
+from loradora.analysis import DecompositionTracker
+from loradora.data import Split
+from loradora.experiment import Variant
+from loradora.launcher import TrainJob
+from loradora.methods import prepare
+from loradora.results import MethodResult
+from loradora.training import Accuracy, Diverged, evaluate, train
+
+Record = Callable[[dict], None]  # receives every metrics record (metrics.jsonl, console, TensorBoard)
+
+
+def method_result(model: nn.Module, variant: Variant, *, lr: float | None, epochs: int, n_train: int, n_test: int,
+                  epoch_records: list[dict] = (), accuracy: Accuracy | None = None, error: str | None = None,
+                  cached: bool = False) -> MethodResult:
+    """What a phase measured: its test ``accuracy``, or the ``error`` it diverged with."""
+    return MethodResult(
+        **variant.settings(), lr=lr, epochs=epochs, n_train=n_train, n_test=n_test,
+        trainable_params=count_trainable_parameters(model) if epochs else 0,  # untrained: nothing was trained
+        diverged=error is not None, error=error,
+        test_accuracy=accuracy.percent if accuracy else None, test_correct=accuracy.correct if accuracy else None,
+        train_accuracy=epoch_records[-1]["train_accuracy"] if epoch_records else None,
+        train_seconds=sum(r["seconds"] for r in epoch_records) if error is None else None,
+        cached=cached)
+
+
+def score(model: nn.Module, variant: Variant, test_data: Split, record: Record, **training) -> MethodResult:
+    """Accuracy on the whole of ``test_data``, with what training cost (``training``: method_result's)."""
+    accuracy = evaluate(model, test_data)
+    record({"phase": variant.name, "kind": "test", "test_accuracy": accuracy.percent, "n_test": accuracy.total})
+    return method_result(model, variant, n_test=len(test_data), accuracy=accuracy, **training)
+
+
+def fit(model: nn.Module, variant: Variant, settings, train_data: Split, test_data: Split, seed: int,
+        record: Record, log_every: int, tracker: DecompositionTracker | None = None,
+        track_every: int | None = None) -> MethodResult:
+    """Train ``model`` on ``train_data`` with ``settings`` (a PretrainConfig or FinetuneConfig: epochs,
+    batch size, lr, max_loss), then test it. ``tracker``, when given, measures the weight
+    decomposition every ``track_every`` optimiser steps and after the last one."""
+    print(f"\n== {variant.name}: {phase_header(model, settings.epochs)}")
+    generator = torch.Generator().manual_seed(seed)  # every phase sees the same batch order
+    training = dict(lr=settings.lr, epochs=settings.epochs, n_train=len(train_data))
+    try:
+        epoch_records = train(model, train_data, epochs=settings.epochs, batch_size=settings.batch_size,
+                              lr=settings.lr, generator=generator, log_every=log_every, max_loss=settings.max_loss,
+                              log=lambda r: record({"phase": variant.name, **r}), observe=tracker,
+                              observe_every=track_every)
+    except Diverged as error:
+        record({"phase": variant.name, "kind": "diverged", "message": str(error)})
+        return method_result(model, variant, n_test=len(test_data), error=str(error), **training)
+    if tracker is not None:
+        tracker(sum(len(r["batch_losses"]) for r in epoch_records))
+    return score(model, variant, test_data, record, epoch_records=epoch_records, **training)
+
+
+@dataclass
+class Tuned:
+    """A variant's model about to be fine-tuned, with what checks and analyses it afterwards."""
+    model: nn.Module
+    frozen: dict              # its frozen parameters as they were, to check they stay bit-identical
+    tracker: DecompositionTracker | None
+
+
+def start_variant(base: nn.Module, variant: Variant, seed: int, track: bool) -> Tuned:
+    """A copy of ``base`` prepared for ``variant``: the adapters added or the weights it trains
+    made trainable, everything else frozen; with ``track``, a tracker of its weight decomposition."""
+    torch.manual_seed(seed)  # every method starts from the same adapter init
+    model = prepare(base, variant.method, **variant.adapter)
+    frozen = {name: p.detach().clone() for name, p in model.named_parameters() if not p.requires_grad}
+    return Tuned(model, frozen, DecompositionTracker(model) if track else None)
+
+
+def assert_unchanged(model: nn.Module, frozen: dict, phase: str) -> None:
+    """The adapters must leave the pretrained weights bit-identical."""
+    changed = [name for name, p in model.named_parameters() if name in frozen and not torch.equal(p, frozen[name])]
+    if changed:
+        raise RuntimeError(f"{phase} fine-tuning changed frozen weights: {', '.join(changed)}")
+
+
+def population_job(models: list[nn.Module], settings, train_data: Split, seeds: list[int], log_every: int,
+                   trackers: list | None = None, track_every: int | None = None,
+                   lrs: list[float] | None = None) -> TrainJob:
+    """What training ``models`` as one population takes: member i is seed ``seeds[i]``'s model, at
+    rate ``lrs[i]`` (default: ``settings.lr``), measured by ``trackers[i]`` if given."""
+    return TrainJob(models, trackers or [None] * len(models), train_data, seeds, lrs or settings.lr,
+                    epochs=settings.epochs, batch_size=settings.batch_size, log_every=log_every,
+                    max_loss=settings.max_loss, observe_every=track_every)
+
+
+def fit_population(launcher, pending, variants: list[Variant], test_data: Split, record: Record) -> list[MethodResult]:
+    """``fit`` for a population submitted to ``launcher``: member i is ``variants[i]``. Waits for
+    its training, then tests each member, as ``fit`` does."""
+    job = pending.job
+    trained = train_members(launcher, pending, [variant.name for variant in variants], record)
+    lrs = job.lr if isinstance(job.lr, list) else [job.lr] * len(variants)
+    results = []
+    for model, variant, seed, lr, tracker, member in zip(job.models, variants, job.seeds, lrs, job.trackers, trained):
+        training = dict(lr=lr, epochs=job.epochs, n_train=len(job.data))
+        if member.diverged:
+            results.append(method_result(model, variant, n_test=len(test_data), error=member.diverged, **training))
+            continue
+        if tracker is not None:
+            tracker(sum(len(r["batch_losses"]) for r in member.epoch_records))
+        results.append(score(model, variant, test_data, tagged(record, seed=seed, member=True),
+                             epoch_records=member.epoch_records, **training))
+    show_members(", ".join(dict.fromkeys(variant.name for variant in variants)),
+                 [test_record(result) for result in results if not result.diverged])
+    return results
+
+
+def train_members(launcher, pending, phases: list[str], record: Record) -> list:
+    """Collect a population submitted to ``launcher`` (``population.train_population``): trained here
+    now, or by Ray, whose log records arrive with its result. Each member's records go to ``record``
+    marked ``member`` (metrics.jsonl keeps them all); the console gets one line per logged batch with
+    the members' mean and range instead, and a line per diverged member."""
+    job = pending.job
+    label = ", ".join(dict.fromkeys(phases))
+    rates = f" at lr {', '.join(f'{lr:g}' for lr in dict.fromkeys(job.lr))}" if isinstance(job.lr, list) else ""
+    print(f"\n== {label}: {phase_header(job.models[0], job.epochs)}; {len(job.models)} models at once{rates} "
+          f"(seeds {', '.join(map(str, dict.fromkeys(job.seeds)))})")
+
+    def log(records: dict[int, dict]) -> None:
+        for i, r in records.items():
+            record({"seed": job.seeds[i], "phase": phases[i], "member": True, **r})
+        show_members(label, list(records.values()))
+
+    trained = launcher.collect(pending, log)
+    for phase, seed, member in zip(phases, job.seeds, trained):
+        if member.diverged:
+            tqdm.write(f"{phase} (seed {seed}) diverged and was stopped: {member.diverged}; its results are not used")
+            record({"seed": seed, "phase": phase, "member": True, "kind": "diverged", "message": member.diverged})
+    return trained
+
+
+def tagged(record: Record, **tags) -> Record:
+    """``record`` with ``tags`` (a seed, say) added to every record it receives."""
+    return lambda r: record({**tags, **r})
+
+
+def test_record(result: MethodResult) -> dict:
+    """A finished result as the test record ``show_members`` prints."""
+    return {"kind": "test", "test_accuracy": result.test_accuracy, "n_test": result.n_test}
+
+
+def phase_header(model: nn.Module, epochs: int) -> str:
+    n_trainable = count_trainable_parameters(model)
+    n_total = sum(p.numel() for p in model.parameters())
+    return f"{epochs} epoch{'' if epochs == 1 else 's'}, {n_trainable:,} of {n_total:,} parameters trainable"
+
+
+def show(record: dict) -> None:
+    """Print a metrics record; batch lines keep the seeds' format. Records replayed from the
+    pretrained cache are not printed again, nor a population's per-member records (show_members
+    prints those), nor the tuning record (its table is printed)."""
+    if record.get("cached") or record.get("member") or record["kind"] == "tuning":
+        return
+    if record["kind"] == "diverged":
+        tqdm.write(f"{record['phase']} diverged and was stopped: {record['message']}; its results are not used")
+    else:
+        show_members(record["phase"], [record])
+
+
+def show_members(label: str, records: list[dict]) -> None:
+    """One line for the same record of one model, or of every member of a population: then each
+    number is the members' mean with their [min, max]."""
+    if not records:
+        return
+    first, many = records[0], len(records) > 1
+
+    def stat(key: str, fmt: str) -> str:
+        values = [r[key] for r in records]
+        return (f"{sum(values) / len(values):{fmt}} [{min(values):{fmt}}, {max(values):{fmt}}]"
+                if many else f"{values[0]:{fmt}}")
+
+    of = f" (mean [min, max] of {len(records)} models)" if many else ""
+    epoch = f"Epoch: {first['epoch']:03d}/{first['epochs']:03d}" if "epoch" in first else ""
+    if first["kind"] == "batch":
+        line = f"{epoch} | Batch {first['batch']:03d}/{first['batches']:03d} | Loss: {stat('loss', '.4f')}{of}"
+    elif first["kind"] == "epoch":
+        line = (f"{epoch} | {label} train loss {stat('loss', '.4f')} | train accuracy "
+                f"{stat('train_accuracy', '.2f')}% of {first['n_train']:,} | {first['seconds']:.2f} s"
+                f"{f' per model{of}' if many else ''}")
+    else:
+        line = (f"{label}: test accuracy {stat('test_accuracy', '.2f')}%{of} of {first['n_test']:,} images"
+                if not many else f"{label}: test accuracy {stat('test_accuracy', '.2f')}%{of}, each of "
+                                 f"{first['n_test']:,} images")
+    tqdm.write(line)  # through tqdm, so a progress bar on a terminal is not broken up

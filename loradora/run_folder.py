@@ -1,0 +1,90 @@
+"""The run folder, ``<output.dir>/<run_name>/``, and the records that go into it as the run goes.
+
+config.yaml    the resolved config, every key, as the run used it
+metrics.jsonl  one JSON object per logged batch and per epoch, in the order they happened
+summary.json   {"methods": {...}, "config": {...}, "env": {...}}, written when the run ends
+"""
+
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+
+class OutputUnavailable(RuntimeError):
+    """The run folder cannot be created or written."""
+
+
+def create_run_dir(output_dir: str | Path, run_name: str | None) -> Path:
+    """A new, empty folder for this run; an existing one is never reused or overwritten.
+
+    A chosen name that exists is an error; the default name (a timestamp) gets a suffix instead.
+    """
+    output_dir = Path(output_dir)
+    names = [run_name] if run_name else [time.strftime("%Y%m%d-%H%M%S") + suffix
+                                         for suffix in ["", *(f"-{i}" for i in range(2, 100))]]
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            try:
+                (output_dir / name).mkdir()
+                return output_dir / name
+            except FileExistsError:
+                continue
+    except OSError as error:
+        raise OutputUnavailable(f"cannot create a run folder in {output_dir}: {error.strerror}") from None
+    raise OutputUnavailable(f"{output_dir / names[-1]} exists already; choose another output.run_name")
+
+
+class MetricsLog:
+    """Appends one JSON object per line, each in a single write, so no record is ever half there."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, record: dict) -> None:
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(descriptor, (json.dumps(record) + "\n").encode())
+        finally:
+            os.close(descriptor)
+
+
+def environment(device: torch.device) -> dict:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "device_name": name,
+        "cpu_threads": torch.get_num_threads(),
+        "git_commit": git_commit(),
+    }
+
+
+def cpu_name() -> str:
+    """The CPU's model name where Linux tells it (platform.processor() is empty there)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str | None:
+    """The checkout's commit, with '-dirty' when it has uncommitted changes; None outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
