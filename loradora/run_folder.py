@@ -2,7 +2,7 @@
 
 config.yaml    the resolved config, every key, as the run used it
 metrics.jsonl  one JSON object per logged batch and per epoch, in the order they happened
-summary.json   {"methods": {...}, "config": {...}, "env": {...}}, written when the run ends
+summary.json   {"status", "methods", "runs", ..., "config", "env"}, rewritten after every phase (results.py)
 """
 
 import json
