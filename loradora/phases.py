@@ -59,7 +59,7 @@ def fit(model: nn.Module, variant: Variant, settings, train_data: Split, test_da
     try:
         epoch_records = train(model, train_data, epochs=settings.epochs, batch_size=settings.batch_size,
                               lr=settings.lr, generator=generator, log_every=log_every, max_loss=settings.max_loss,
-                              log=lambda r: record({"phase": variant.name, **r}), observe=tracker,
+                              log=tagged(record, phase=variant.name), observe=tracker,
                               observe_every=track_every)
     except Diverged as error:
         record({"phase": variant.name, "kind": "diverged", "message": str(error)})

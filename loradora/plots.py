@@ -282,6 +282,10 @@ def unfinished(run_dir: Path) -> str | None:
         return f"the run did not finish (status: {status}); only a complete run's figures are drawn"
     if not (run_dir / "metrics.jsonl").is_file():
         return "no metrics.jsonl"
+    try:
+        load_summary(run_dir)
+    except (ValueError, TypeError, AttributeError) as error:
+        return f"summary.json: {error}; rerun it with this version"
     return None
 
 

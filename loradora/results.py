@@ -106,8 +106,15 @@ def aggregate_method(results: list[MethodResult]) -> OverSeeds:
 
 
 def from_json(entry: dict) -> MethodResult | OverSeeds:
-    """A summary.json entry of ``methods`` as the record it was written from."""
-    if "n_seeds" in entry:
+    """A summary.json entry of ``methods`` as the record it was written from; ValueError when its
+    fields are not that record's (a summary.json written by another version of this code)."""
+    record = OverSeeds if "n_seeds" in entry else MethodResult
+    expected = [f.name for f in fields(record)]
+    if sorted(entry) != sorted(expected):
+        differ = sorted(set(entry) ^ set(expected))
+        raise ValueError(f"its results are not this version's {record.__name__} records "
+                         f"(fields {', '.join(differ)} differ)")
+    if record is OverSeeds:
         return OverSeeds(**entry)
     checks = entry["file_checks"]
     return MethodResult(**{**entry, "file_checks": FileChecks(**checks) if checks else None})

@@ -40,6 +40,14 @@ def finished_run(run_dir, status="complete"):
     return run_dir
 
 
+def written_by_an_older_version(run_dir):
+    """Its summary.json as the code before the typed records wrote it: no file_checks field."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for entry in summary["methods"].values():
+        del entry["file_checks"]
+    write_json(run_dir / "summary.json", summary)
+
+
 def over_seeds(**fields) -> OverSeeds:
     """Three seeds' aggregate of ``method_result(**fields)``, with its std."""
     std = fields.pop("test_accuracy_std")
@@ -104,6 +112,7 @@ def test_the_plots_command_without_one_folder_prints_its_usage(argv, capsys):
     (lambda path: finished_run(path, status="interrupted"), "status: interrupted"),
     (lambda path: finished_run(path, status="running"), "status: running"),
     (lambda path: (finished_run(path), (path / "metrics.jsonl").unlink()), "no metrics.jsonl"),
+    (lambda path: written_by_an_older_version(finished_run(path)), "not this version's MethodResult records"),
 ])
 def test_the_plots_command_refuses_what_is_not_a_finished_run_in_one_line(tmp_path, capsys, make, message):
     path = tmp_path / "run"
@@ -128,3 +137,23 @@ def test_accuracy_by_rank_keeps_its_legend_outside_and_the_adapters_apart():
     assert legends_clear_of_the_data([accuracy])
     lora, dora = (container.lines[0] for container in accuracy.containers)  # each errorbar's data line
     assert (lora.get_marker(), lora.get_linestyle()) != (dora.get_marker(), dora.get_linestyle())
+
+
+def test_the_trailing_mean_starts_at_the_first_batch_and_averages_a_window():
+    assert plots.moving_average([4.0, 2.0, 6.0, 0.0], window=2) == [4.0, 3.0, 4.0, 3.0]
+    assert plots.moving_average([1.0, 2.0], window=10) == [1.0, 1.5]  # a window longer than the curve
+
+
+def test_curves_average_over_seeds_batch_by_batch():
+    assert plots.mean_over_seeds([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]]) == [2.0, 3.0, 4.0]
+
+
+def test_a_rank_sweep_gets_a_loss_panel_per_adapter_and_one_for_the_baselines():
+    methods = {"pretrained": method_result(), "head": method_result(method="head"),
+               **{f"{m}_r{r}": method_result(method=m, rank=r) for m in ("lora", "dora") for r in (1, 2)}}
+    sweep = {"methods": methods, "config": {"experiment": {"ranks": [1, 2]}}}
+    assert plots.loss_panels(sweep, list(methods)) == {
+        "pretraining (all weights)": ["pretrained"], "fine-tuning: baselines": ["head"],
+        "fine-tuning: lora by rank": ["lora_r1", "lora_r2"], "fine-tuning: dora by rank": ["dora_r1", "dora_r2"]}
+    one_rank = {**sweep, "config": {"experiment": {"ranks": None}}}
+    assert plots.loss_panels(one_rank, list(methods))["fine-tuning"] == list(methods)[1:]
