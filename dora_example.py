@@ -21,6 +21,7 @@ from __future__ import annotations  # the annotations name torch, which is impor
 
 import argparse
 import dataclasses
+import gc
 import shutil
 import statistics
 import sys
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     import_pipeline()
+    # The imports leave some 230,000 objects that live until exit; frozen, no collection scans
+    # them again, and the interpreter's exit is 0.4 s shorter (BENCHMARKS.md, start-up).
+    gc.freeze()
     launcher = None
     try:
         device = resolve_device(config.device)

@@ -30,6 +30,7 @@ CACHE_FORMAT = 1  # bump when what a cache file holds changes; code changes are 
 # retrains the bases once: a few seconds each, against a wrong hit that no result would reveal.
 PACKAGE = Path(__file__).resolve().parent
 SOURCES = (PACKAGE / "choices.py", PACKAGE / "model.py", PACKAGE / "data.py", PACKAGE / "training.py",
+           PACKAGE / "adam.py",
            PACKAGE / "population.py",  # pretrains several seeds at once
            PACKAGE / "phases.py",  # runs the training loop for a phase
            PACKAGE.parent / "dora_example.py")  # the script seeds and drives the pretraining

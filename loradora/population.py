@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from loradora.adam import FusedAdam, MemberAdam
 from loradora.adapters import NORM_EPS, DoRALinear, LoRALinear
 from loradora.data import Split, shuffled_batches
 from loradora.training import divergence_message, synchronized_now
@@ -342,8 +343,8 @@ def train_population(population: Population, data: Split, *, epochs: int, batch_
 class _Trainer:
     """Adam over the population's stacked parameters, and the step that uses it.
 
-    One rate for all members: torch's fused Adam, as ``training.train`` uses (elementwise, so one
-    Adam over stacked tensors is N Adams). A rate per member (a learning-rate grid trained as one
+    One rate for all members: the fused Adam ``training.train`` uses (elementwise, so one Adam over
+    stacked tensors is N Adams). A rate per member (a learning-rate grid trained as one
     population): ``MemberAdam``, the same update with the rate broadcast over the member dimension.
     """
 
@@ -355,7 +356,7 @@ class _Trainer:
     def _optimizer(self):
         parameters = [p for p in self.population.parameters() if p.requires_grad]
         if len(set(self.lrs)) == 1:
-            return torch.optim.Adam(parameters, lr=self.lrs[0], fused=True)
+            return FusedAdam(parameters, lr=self.lrs[0])
         return MemberAdam(parameters, self.lrs)
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -387,41 +388,6 @@ class _Trainer:
                                                for key, value in old_optimizer.state[old_p].items()}
         self.population.train()
         return self.population
-
-
-class MemberAdam:
-    """Adam with one learning rate per member (dim 0 of every parameter), torch's update written out:
-
-        m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g^2;  p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
-
-    with torch's defaults b1 = 0.9, b2 = 0.999, eps = 1e-8 (Kingma & Ba 2015, algorithm 1, as
-    torch.optim.Adam orders it). Tests hold it to torch's fused Adam member by member.
-    """
-
-    def __init__(self, parameters: list[nn.Parameter], lrs: list[float], betas=(0.9, 0.999), eps: float = 1e-8):
-        self.parameters, self.betas, self.eps = parameters, betas, eps
-        self.lrs = torch.tensor(lrs, dtype=parameters[0].dtype, device=parameters[0].device)
-        self.state: dict = {}
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.parameters:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        beta1, beta2 = self.betas
-        for p in self.parameters:
-            if p.grad is None:
-                continue
-            state = self.state.setdefault(p, {"step": torch.zeros(()), "exp_avg": torch.zeros_like(p),
-                                              "exp_avg_sq": torch.zeros_like(p)})
-            state["step"] += 1
-            t = state["step"].item()
-            state["exp_avg"].lerp_(p.grad, 1 - beta1)
-            state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-            denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2**t)).add_(self.eps)
-            step_size = (self.lrs / (1 - beta1**t)).view(-1, *[1] * (p.dim() - 1))
-            p.sub_(step_size * state["exp_avg"] / denom)
 
 
 def _norm(population: Population) -> str:
