@@ -2,6 +2,8 @@
 
 import copy
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -9,6 +11,7 @@ from peft import LoraConfig, get_peft_model
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from conftest import REPO
 from helpers import ALPHA, RANK, TOWER_TARGETS, Tower, nontrivial
 from loradora.adapters import add_adapters
 from loradora.checkpoints import CONFIG_KEY, adapter_settings, load_adapters, load_model, save_adapters, save_model
@@ -120,3 +123,14 @@ def test_an_adapter_file_from_before_dropout_loads_with_none(tmp_path):
     assert adapter_settings(reloaded)["dropout"] == 0.0
     x = torch.randn(32, 12)
     assert torch.equal(reloaded(x), adapted(x))
+
+
+def test_the_file_formats_do_not_depend_on_the_experiment():
+    # checkpoints and export are library code (save_adapters, export_peft): they once imported the
+    # experiment's run-folder module for its atomic writes.
+    code = ("import json, sys; import loradora.checkpoints, loradora.export; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('loradora.'))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    imported = set(json.loads(result.stdout))
+    assert "loradora.files" in imported
+    assert not imported & {"loradora.run_folder", "loradora.results", "loradora.experiment", "loradora.phases"}
