@@ -13,8 +13,10 @@ fine-tune it while recording how its weights move (DoRA section 3.2), and measur
 whole test set. Finally aggregate the seeds (mean +- std, DoRA - LoRA with a 95% interval and a
 verdict) and draw the plots. With several seeds, each phase trains all its seeds at once as a
 population (loradora/population.py); with experiment.lrs, each method's learning rate is first
-chosen on a validation split held out of the training images. Results go to results/<run_name>/ (config.yaml, metrics.jsonl, summary.json, *.png, and
-the first seed's models and adapters).
+chosen on a validation split held out of the training images. How one phase trains and is scored
+is in loradora/phases.py; what it measures is a loradora/results.py record. Results go to
+results/<run_name>/ (config.yaml, metrics.jsonl, summary.json, *.png, and the first seed's models
+and adapters).
 """
 
 from __future__ import annotations  # the annotations name torch, which is imported later
