@@ -101,17 +101,30 @@ def test_the_plots_command_without_one_folder_prints_its_usage(argv, capsys):
     assert err.startswith("usage: python -m loradora.plots") and err.count("\n") == 1
 
 
+def folder_with_summary(content: bytes):
+    """A maker of a folder whose summary.json holds ``content``."""
+    def make(path):
+        path.mkdir()
+        (path / "summary.json").write_bytes(content)
+    return make
+
+
+def without_metrics(path):
+    finished_run(path)
+    (path / "metrics.jsonl").unlink()
+
+
 @pytest.mark.parametrize("make,message", [
     (lambda path: None, "no such folder"),
     (lambda path: path.write_text("x"), "not a folder"),
     (lambda path: path.mkdir(), "no summary.json"),
-    (lambda path: (path.mkdir(), (path / "summary.json").write_text("{")), "summary.json cannot be read"),
-    (lambda path: (path.mkdir(), (path / "summary.json").write_bytes(b"\xff")), "summary.json cannot be read"),
-    (lambda path: (path.mkdir(), (path / "summary.json").write_text("[]")), "status: None"),
+    (folder_with_summary(b"{"), "summary.json cannot be read"),
+    (folder_with_summary(b"\xff"), "summary.json cannot be read"),
+    (folder_with_summary(b"[]"), "status: None"),
     (lambda path: finished_run(path, status="failed"), "the run did not finish (status: failed)"),
     (lambda path: finished_run(path, status="interrupted"), "status: interrupted"),
     (lambda path: finished_run(path, status="running"), "status: running"),
-    (lambda path: (finished_run(path), (path / "metrics.jsonl").unlink()), "no metrics.jsonl"),
+    (without_metrics, "no metrics.jsonl"),
     (lambda path: written_by_an_older_version(finished_run(path)), "not this version's MethodResult records"),
 ])
 def test_the_plots_command_refuses_what_is_not_a_finished_run_in_one_line(tmp_path, capsys, make, message):
