@@ -288,56 +288,82 @@ def train_population(population: Population, data: Split, *, epochs: int, batch_
     step = 0
     for epoch in range(1, epochs + 1):
         # (steps, N, batch) indices: each member's own permutation, split into the same batch sizes
-        batches = list(zip(*(shuffled_batches(len(data), batch_size, generators[i], device) for i in alive)))
-        batch_losses, n_started = [], len(alive)
-        correct = torch.zeros(len(alive), dtype=torch.long, device=device)
-        worst_loss = torch.zeros(len(alive), device=device)
+        tally = _EpochTally(alive, list(zip(*(shuffled_batches(len(data), batch_size, generators[i], device)
+                                             for i in alive))))
+        n_started, n_batches = len(alive), len(tally.batches)
         start, paused = synchronized_now(device), 0.0
-        progress = tqdm(range(len(batches)), desc=f"epoch {epoch}/{epochs}", leave=False,
-                        disable=not sys.stdout.isatty())
+        progress = tqdm(range(n_batches), desc=f"epoch {epoch}/{epochs}", leave=False, disable=not sys.stdout.isatty())
         for batch in progress:
-            indices = torch.stack(batches[batch])
+            indices = torch.stack(tally.batches[batch])
             images, labels = data.images[indices], data.labels[indices]
             losses, logits = trainer.step(images, labels)
             step += 1
-            batch_losses.append(losses)
-            correct += (logits.argmax(dim=2) == labels).sum(dim=1)
-            worst_loss = torch.maximum(worst_loss, losses)
-            if batch % log_every == 0 or batch == len(batches) - 1:
-                keep = [j for j, worst in enumerate(worst_loss.tolist()) if worst <= max_loss]  # NaN fails
-                if len(keep) < len(alive):
-                    for j in sorted(set(range(len(alive))) - set(keep)):
-                        runs[alive[j]].diverged = divergence_message(worst_loss[j].item(), max_loss, epoch, batch)
-                    if not keep:  # every member diverged: nothing left to train
+            tally.add(losses, logits, labels)
+            if batch % log_every == 0 or batch == n_batches - 1:
+                diverged = tally.diverged(max_loss)
+                for j in diverged:
+                    runs[alive[j]].diverged = divergence_message(tally.worst_loss[j].item(), max_loss, epoch, batch)
+                if diverged:
+                    kept = [j for j in range(len(alive)) if j not in diverged]
+                    if not kept:  # every member diverged: nothing left to train
                         population.write_back()
                         return runs
-                    population = trainer.keep(keep)
-                    alive = [alive[j] for j in keep]
-                    batches = [tuple(step_indices[j] for j in keep) for step_indices in batches]
-                    rows = torch.tensor(keep, device=device)
-                    batch_losses = [row[rows] for row in batch_losses]
-                    correct, worst_loss, losses = correct[rows], worst_loss[rows], losses[rows]
+                    population, losses = trainer.keep(kept), losses[kept]
+                    tally.keep(kept)
+                    alive = tally.alive
             if batch % log_every == 0:
-                log({i: {"kind": "batch", "epoch": epoch, "epochs": epochs, "batch": batch,
-                         "batches": len(batches), "loss": loss} for i, loss in zip(alive, losses.tolist())})
+                log({i: {"kind": "batch", "epoch": epoch, "epochs": epochs, "batch": batch, "batches": n_batches,
+                         "loss": loss} for i, loss in zip(alive, losses.tolist())})
             if observe is not None and observe_every and step % observe_every == 0:
                 pause = synchronized_now(device)
                 population.write_back()
                 observe(step, alive)
                 paused += synchronized_now(device) - pause
         seconds = (synchronized_now(device) - start - paused) / n_started
-        losses = torch.stack(batch_losses, dim=1)  # (N, steps)
-        batch_sizes = torch.tensor([len(indices[0]) for indices in batches], device=device)
-        mean_losses = ((losses * batch_sizes).sum(dim=1) / len(data)).tolist()
-        records = {}
-        for j, i in enumerate(alive):
-            records[i] = {"kind": "epoch", "epoch": epoch, "epochs": epochs, "loss": mean_losses[j],
-                          "train_accuracy": 100.0 * correct[j].item() / len(data), "n_train": len(data),
-                          "seconds": seconds, "batch_losses": losses[j].tolist()}
-            runs[i].epoch_records.append(records[i])
+        records = tally.epoch_records(epoch, epochs, len(data), seconds)
+        for i, record in records.items():
+            runs[i].epoch_records.append(record)
         log(records)
     population.write_back()
     return runs
+
+
+class _EpochTally:
+    """What an epoch accumulates for the members still training: row j is member ``alive[j]``."""
+
+    def __init__(self, alive: list[int], batches: list[tuple[torch.Tensor, ...]]):
+        device = batches[0][0].device
+        self.alive, self.batches = alive, batches  # batches: per step, each member's indices
+        self.batch_losses: list[torch.Tensor] = []   # per step, (members,)
+        self.correct = torch.zeros(len(alive), dtype=torch.long, device=device)
+        self.worst_loss = torch.zeros(len(alive), device=device)  # torch.maximum keeps a NaN
+
+    def add(self, losses: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.batch_losses.append(losses)
+        self.correct += (logits.argmax(dim=2) == labels).sum(dim=1)
+        self.worst_loss = torch.maximum(self.worst_loss, losses)
+
+    def diverged(self, max_loss: float) -> list[int]:
+        """The rows whose worst loss so far is above ``max_loss``, or NaN."""
+        return [j for j, worst in enumerate(self.worst_loss.tolist()) if not worst <= max_loss]
+
+    def keep(self, rows: list[int]) -> None:
+        """Drop every row not in ``rows``, from what has been tallied and from the batches to come."""
+        index = torch.tensor(rows, device=self.correct.device)
+        self.alive = [self.alive[j] for j in rows]
+        self.batches = [tuple(step[j] for j in rows) for step in self.batches]
+        self.batch_losses = [losses[index] for losses in self.batch_losses]
+        self.correct, self.worst_loss = self.correct[index], self.worst_loss[index]
+
+    def epoch_records(self, epoch: int, epochs: int, n_train: int, seconds: float) -> dict[int, dict]:
+        """Each member's epoch record, as ``training.train`` makes it for one model."""
+        losses = torch.stack(self.batch_losses, dim=1)  # (members, steps)
+        batch_sizes = torch.tensor([len(step[0]) for step in self.batches], device=losses.device)
+        mean_losses = ((losses * batch_sizes).sum(dim=1) / n_train).tolist()
+        return {i: {"kind": "epoch", "epoch": epoch, "epochs": epochs, "loss": mean_losses[j],
+                    "train_accuracy": 100.0 * self.correct[j].item() / n_train, "n_train": n_train,
+                    "seconds": seconds, "batch_losses": losses[j].tolist()}
+                for j, i in enumerate(self.alive)}
 
 
 class _Trainer:
