@@ -200,7 +200,8 @@ def run(config: Config, device: torch.device, summary: Summary, record=lambda me
                           progress=lambda partial: summary.update([*runs, partial]), run_dir=run_dir if i == 1 else None)
         runs.append(result)
         if result.methods["pretrained"].diverged:
-            return summary.finish("pretraining diverged")
+            summary.finish("pretraining diverged")
+            return
     summary.finish("complete")
 
 
@@ -274,7 +275,8 @@ def run_populations(config: Config, seeds: list[int], summary: Summary, mnist: S
         result.methods["pretrained"] = outcome
     if any(outcome.diverged for outcome in pretrained):
         summary.update(runs)
-        return summary.finish("pretraining diverged")
+        summary.finish("pretraining diverged")
+        return
     after_pretraining(config, runs, bases, task, phases.tagged(record, member=True), run_dir)
     phases.show_members("no_finetune", [phases.test_record(result.methods["no_finetune"]) for result in runs
                                         if "no_finetune" in result.methods])
