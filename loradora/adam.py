@@ -22,16 +22,24 @@ from torch.optim.adam import adam
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch's defaults, and the paper's
 
 
-class FusedAdam:
-    """Adam with one rate, one fused kernel per step over all parameters."""
+class _Adam:
+    """What both keep: the parameters they update, and each one's moments and step count."""
 
-    def __init__(self, parameters: list[nn.Parameter], lr: float):
-        self.parameters, self.lr = list(parameters), lr
+    def __init__(self, parameters: list[nn.Parameter]):
+        self.parameters = list(parameters)
         self.state: dict = {}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.parameters:
             p.grad = None
+
+
+class FusedAdam(_Adam):
+    """Adam with one rate, one fused kernel per step over all parameters."""
+
+    def __init__(self, parameters: list[nn.Parameter], lr: float):
+        super().__init__(parameters)
+        self.lr = lr
 
     @torch.no_grad()
     def step(self) -> None:
@@ -44,7 +52,7 @@ class FusedAdam:
              lr=self.lr, weight_decay=0.0, eps=EPS, maximize=False)  # the kernel counts the steps
 
 
-class MemberAdam:
+class MemberAdam(_Adam):
     """Adam with one learning rate per member (dim 0 of every parameter), torch's update written out:
 
         m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g^2;  p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
@@ -53,13 +61,8 @@ class MemberAdam:
     """
 
     def __init__(self, parameters: list[nn.Parameter], lrs: list[float]):
-        self.parameters = list(parameters)
+        super().__init__(parameters)
         self.lrs = torch.tensor(lrs, dtype=self.parameters[0].dtype, device=self.parameters[0].device)
-        self.state: dict = {}
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.parameters:
-            p.grad = None
 
     @torch.no_grad()
     def step(self) -> None:
