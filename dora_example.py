@@ -410,16 +410,11 @@ def pretrain(model, config: Config, seed: int, mnist: Splits, device: torch.devi
     path = cache_path(config, seed, device) if config.cache.enabled else None
     if path is not None and path.exists():
         return reuse_pretrained(model, path, config, mnist, record)
-    kept = []  # the training records, cached with the weights for the plots of runs that reuse them
-
-    def keep(metrics: dict) -> None:
-        kept.append(metrics)
-        record(metrics)
-
-    result = phases.fit(model, PRETRAINED, config.pretrain, mnist.train, mnist.test, seed, keep,
+    kept = phases.Kept(record)  # the records, cached with the weights for the plots of runs that reuse them
+    result = phases.fit(model, PRETRAINED, config.pretrain, mnist.train, mnist.test, seed, kept,
                         config.log.every_n_batches)
     if path is not None and not result.diverged:
-        save_cached(path, model, [metrics for metrics in kept if metrics["kind"] != "test"])
+        save_cached(path, model, kept.records)
     return result
 
 
@@ -448,17 +443,12 @@ def pretrain_populations(config: Config, seeds: list[int], mnist: Splits, device
             for i, path in zip(chunk, paths):
                 results[i] = reuse_pretrained(bases[i], path, config, mnist, phases.tagged(record, seed=seeds[i]))
             continue
-        kept = {seeds[i]: [] for i in chunk}  # each member's training records, cached with its weights
-
-        def keep(metrics: dict) -> None:
-            kept[metrics["seed"]].append(metrics)
-            record(metrics)
-
-        outcomes = phases.fit_population(launcher, pending, [PRETRAINED] * len(chunk), mnist.test, keep)
+        kept = phases.Kept(record)  # each member's records, cached with its weights
+        outcomes = phases.fit_population(launcher, pending, [PRETRAINED] * len(chunk), mnist.test, kept)
         for i, outcome, path in zip(chunk, outcomes, paths or [None] * len(chunk)):
             results[i] = outcome
             if path is not None and not outcome.diverged:
-                save_cached(path, bases[i], [metrics for metrics in kept[seeds[i]] if metrics["kind"] != "test"])
+                save_cached(path, bases[i], [metrics for metrics in kept.records if metrics["seed"] == seeds[i]])
     return bases, results
 
 

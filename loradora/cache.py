@@ -83,10 +83,12 @@ def cache_path(config: Config, seed: int, device: torch.device, population: list
 
 
 def save_cached(path: Path, model: nn.Module, records: list[dict]) -> None:
-    """The weights and the pretraining's metrics records, written atomically (temporary file, rename)."""
+    """The weights and the pretraining's metrics records, written atomically (temporary file, rename).
+    Its test record is left out: a run that reuses the base tests it again."""
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    torch.save({"state_dict": model.state_dict(), "records": records}, buffer)
+    training = [record for record in records if record["kind"] != "test"]
+    torch.save({"state_dict": model.state_dict(), "records": training}, buffer)
     write_atomic(path, buffer.getvalue())
 
 

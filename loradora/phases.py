@@ -153,6 +153,17 @@ def tagged(record: Record, **tags) -> Record:
     return lambda r: record({**tags, **r})
 
 
+class Kept:
+    """A ``Record`` that passes every record on to ``record`` and keeps a copy in ``records``."""
+
+    def __init__(self, record: Record):
+        self.record, self.records = record, []
+
+    def __call__(self, metrics: dict) -> None:
+        self.records.append(metrics)
+        self.record(metrics)
+
+
 def test_record(result: MethodResult) -> dict:
     """A finished result as the test record ``show_members`` prints."""
     return {"kind": "test", "test_accuracy": result.test_accuracy, "n_test": result.n_test}

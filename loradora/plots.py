@@ -19,7 +19,7 @@ from pathlib import Path
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from loradora.results import MethodResult, OverSeeds, from_json
+from loradora.results import accuracy_std, from_json
 
 LAYER_MARKERS = "osD^v<>p"
 REFERENCE_LABELS = {"full": "full (every weight)", "head": "head (last layer)",
@@ -47,7 +47,11 @@ def write_plots(run_dir: Path) -> list[Path]:
 
 def load_summary(run_dir: Path) -> dict:
     """summary.json, its methods read back as the records they were written from."""
-    summary = json.loads((run_dir / "summary.json").read_text())
+    return with_records(json.loads((run_dir / "summary.json").read_text()))
+
+
+def with_records(summary: dict) -> dict:
+    """``summary`` (as JSON gives it) with its methods as results records; ValueError if they are not."""
     return {**summary, "methods": {name: from_json(entry) for name, entry in summary["methods"].items()}}
 
 
@@ -170,14 +174,14 @@ def draw_accuracy_vs_rank(summary: dict) -> Figure:
         # Own marker and dash pattern each, half see-through: where DoRA's line runs over LoRA's,
         # both stay visible.
         ax.errorbar([rank * offset for rank in ranks], [r.test_accuracy for _, r in entries],
-                    yerr=[std_of(r) for _, r in entries], marker="os"[i], capsize=3,
+                    yerr=[accuracy_std(r) or 0.0 for _, r in entries], marker="os"[i], capsize=3,
                     label=f"{method}", color=f"C{i}", linestyle=LINE_STYLES[i], alpha=0.8)
     for j, name in enumerate(("full", "head", "no_finetune", "pretrained")):
         if name not in methods or (name == "pretrained" and "no_finetune" in methods):
             continue  # the pretrained base on a shifted task is no_finetune; on MNIST it is pretrained
         result, color = methods[name], f"C{j + 2}"
         ax.axhline(result.test_accuracy, color=color, linestyle="--", label=REFERENCE_LABELS[name])
-        if std := std_of(result):
+        if std := accuracy_std(result):
             ax.axhspan(result.test_accuracy - std, result.test_accuracy + std, color=color, alpha=0.12)
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted({r.rank for r in methods.values() if r.rank is not None}))
@@ -209,11 +213,6 @@ def draw_accuracy_vs_rank(summary: dict) -> Figure:
         ax.set_title(f"Paired difference by seed ({n_seeds} seeds)\n{level} t interval{adjusted}")
         ax.grid(True, alpha=0.3)
     return figure
-
-
-def std_of(result: MethodResult | OverSeeds) -> float:
-    """The std over seeds for error bars; 0 for one seed's result."""
-    return getattr(result, "test_accuracy_std", None) or 0.0
 
 
 def draw_dm_dd(summary: dict) -> Figure:
@@ -283,7 +282,7 @@ def unfinished(run_dir: Path) -> str | None:
     if not (run_dir / "metrics.jsonl").is_file():
         return "no metrics.jsonl"
     try:
-        load_summary(run_dir)
+        with_records(summary)
     except (ValueError, TypeError, AttributeError) as error:
         return f"summary.json: {error}; rerun it with this version"
     return None

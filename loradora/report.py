@@ -4,7 +4,7 @@ loradora.results records); every table goes through ``align``."""
 
 import textwrap
 
-from loradora.results import MethodResult, OverSeeds, SeedResults
+from loradora.results import MethodResult, OverSeeds, SeedResults, accuracy_std
 from loradora.tasks import task_label
 
 
@@ -181,7 +181,7 @@ def format_rank_table(summary: dict) -> str:
 def accuracy_cell(result: MethodResult | OverSeeds) -> str:
     if result.test_accuracy is None:
         return "diverged"
-    std = getattr(result, "test_accuracy_std", None)  # one seed's result has none
+    std = accuracy_std(result)
     return f"{result.test_accuracy:.2f}%" if std is None else f"{result.test_accuracy:.2f} ± {std:.2f}%"
 
 

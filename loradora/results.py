@@ -105,6 +105,11 @@ def aggregate_method(results: list[MethodResult]) -> OverSeeds:
     )
 
 
+def accuracy_std(result: MethodResult | OverSeeds) -> float | None:
+    """The test accuracy's sample std over seeds; None for one seed's result, or below 2 seeds."""
+    return result.test_accuracy_std if isinstance(result, OverSeeds) else None
+
+
 def from_json(entry: dict) -> MethodResult | OverSeeds:
     """A summary.json entry of ``methods`` as the record it was written from; ValueError when its
     fields are not that record's (a summary.json written by another version of this code)."""
