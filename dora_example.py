@@ -102,10 +102,11 @@ def main(argv: list[str] | None = None) -> int:
             launcher.close()
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(to_yaml(config))
+    resolved = to_yaml(config)
+    print(resolved)
     if config.deterministic:
         use_deterministic_algorithms()
-    write_atomic(run_dir / "config.yaml", to_yaml(config))
+    write_atomic(run_dir / "config.yaml", resolved)
     summary = Summary(config, device, run_dir / "summary.json")
     sinks = [phases.show, MetricsLog(run_dir / "metrics.jsonl")]  # each gets every metrics record
     board = TensorBoardLog(run_dir / "tensorboard") if config.log.tensorboard else None
