@@ -27,10 +27,12 @@ import gc
 import shutil
 import statistics
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 from loradora.config import Config, ConfigError, load_config, to_dict, to_yaml, trains_populations
+from loradora.stops import stop_from, stop_on_signals
 
 PROJECT = Path(__file__).resolve().parent  # the defaults live here: configs/, data/, results/
 DEFAULT_CONFIG = PROJECT / "configs" / "default.yaml"
@@ -47,23 +49,23 @@ def import_pipeline() -> None:
     this module to call run() calls it first.
     """
     global torch, ADAPTERS, decomposition_result, NO_FINETUNE, PRETRAINED, Variant, choose_rate, aggregate
-    global finetune_variants, variant_groups, format_artifacts, save_method, save_pretrained, cache_path
-    global load_pretrained, save_cached, resolve_device, DataUnavailable, Split, hold_out, load_mnist
+    global finetune_variants, variant_groups, format_artifacts, save_method, save_pretrained, BaseCache, Cached
+    global resolve_device, DataUnavailable, Split, hold_out, load_mnist
     global LauncherUnavailable, LocalLauncher, make_launcher, MLP, phases, write_plots, population_chunks
     global format_report, format_tuning, MethodResult, SeedResults, MetricsLog, OutputUnavailable, create_run_dir
-    global environment, write_atomic, write_json, shift_split, task_label, TensorBoardLog, TensorBoardUnavailable
+    global environment, write_atomic, write_json, WriteFailed, shift_split, task_label, TensorBoardLog, TensorBoardUnavailable
     global require_tensorboard, evaluate, use_deterministic_algorithms
     import torch
 
     from loradora import phases
     from loradora.adapters import ADAPTERS
     from loradora.artifacts import format_artifacts, save_method, save_pretrained
-    from loradora.cache import cache_path, load_pretrained, save_cached
+    from loradora.cache import BaseCache, Cached
     from loradora.config import resolve_device
     from loradora.data import DataUnavailable, Split, hold_out, load_mnist
     from loradora.experiment import (NO_FINETUNE, PRETRAINED, Variant, aggregate, choose_rate, decomposition_result,
                                      finetune_variants, variant_groups)
-    from loradora.files import write_atomic, write_json
+    from loradora.files import WriteFailed, write_atomic, write_json
     from loradora.launcher import LauncherUnavailable, LocalLauncher, make_launcher
     from loradora.model import MLP
     from loradora.plots import write_plots
@@ -76,9 +78,17 @@ def import_pipeline() -> None:
     from loradora.training import evaluate, use_deterministic_algorithms
 
 
+EXIT_CODES = {
+    0: "done",
+    1: "no usable data, the pretraining diverged, or a result file could not be written",
+    2: "bad config or output folder: nothing was written",
+    130: "stopped by Ctrl-C (SIGINT): finished phases kept, summary.json marked interrupted",
+    143: "stopped by SIGTERM (Slurm, Kubernetes, Ray, systemd, timeout): the same",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 done, 1 no usable data or the pretraining diverged, 2 bad config or output
-    folder (nothing written), 130 interrupted (finished phases kept, summary marked incomplete)."""
+    """The command line; returns an exit code (EXIT_CODES)."""
     args = parse_args(argv)
     try:
         config = load_config(args.config, args.overrides, project=PROJECT)
@@ -89,24 +99,33 @@ def main(argv: list[str] | None = None) -> int:
     # The imports leave some 230,000 objects that live until exit; frozen, no collection scans
     # them again, and the interpreter's exit is 0.4 s shorter (BENCHMARKS.md, start-up).
     gc.freeze()
-    launcher = None
     try:
         device = resolve_device(config.device)
         if config.log.tensorboard:
             require_tensorboard()  # a missing package stops the run before its folder is made
         # so do a missing ray package and a cluster that cannot be joined
         launcher = make_launcher(config.experiment.launcher, config.ray.address, device)
+    except (ConfigError, TensorBoardUnavailable, LauncherUnavailable) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    with stop_on_signals():  # after the launcher: ray.init sets a SIGTERM handler of its own
+        try:
+            return start(config, device, launcher)
+        finally:
+            launcher.close()  # a Ray runtime started for the run goes, with its workers
+
+
+def start(config: Config, device: torch.device, launcher) -> int:
+    """The run from its folder on: make it, run the experiment, report; main's exit code."""
+    try:
         run_dir = create_run_dir(config.output.dir, config.output.run_name)
-    except (ConfigError, OutputUnavailable, TensorBoardUnavailable, LauncherUnavailable) as error:
-        if launcher is not None:
-            launcher.close()
+    except OutputUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     resolved = to_yaml(config)
     print(resolved)
     if config.deterministic:
         use_deterministic_algorithms()
-    write_atomic(run_dir / "config.yaml", resolved)
     summary = Summary(config, device, run_dir / "summary.json")
     sinks = [phases.show, MetricsLog(run_dir / "metrics.jsonl")]  # each gets every metrics record
     board = TensorBoardLog(run_dir / "tensorboard") if config.log.tensorboard else None
@@ -118,35 +137,45 @@ def main(argv: list[str] | None = None) -> int:
             sink(metrics)
 
     try:
+        write_atomic(run_dir / "config.yaml", resolved)
         run(config, device, summary, record, run_dir, launcher)
+        report(summary, run_dir)
     except DataUnavailable as error:  # raised while loading MNIST, before anything is trained
         if board is not None:
             board.close()
         shutil.rmtree(run_dir)  # so an empty run folder is not left behind to be mistaken for a result
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        summary.finish("interrupted")
-        print(f"\ninterrupted: finished phases are in {run_dir}/summary.json, marked incomplete",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:
+        stop = stop_from(error)
+        print(f"\ninterrupted by {stop.name}: {summary.close('interrupted')}", file=sys.stderr)
+        return stop.exit_code
+    except WriteFailed as error:
+        print(f"error: {error}; {summary.close('write failed')}", file=sys.stderr)
+        return 1
     finally:
         if board is not None:
             board.close()
-        launcher.close()
+    return 0 if summary.data["status"] == "complete" else 1
+
+
+def report(summary: Summary, run_dir: Path) -> None:
+    """The tables, the saved files' checks and the plots of a run that has ended."""
     print("\n" + format_report(summary.data))
     if artifacts := format_artifacts(summary.data["runs"][0].methods):  # the files are the first seed's
         print("\n" + artifacts)
     for plot in write_plots(run_dir):
         print(f"plot: {plot}")
     print(f"\nresults: {run_dir}/")
-    return 0 if summary.data["status"] == "complete" else 1
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    codes = "\n".join(f"  {code:<3}  {meaning}" for code, meaning in EXIT_CODES.items())
     parser = argparse.ArgumentParser(
         description="Pretrain an MLP on MNIST, fine-tune LoRA and DoRA copies of it, compare them.",
-        epilog=f"{PATH_RULE} Example: python dora_example.py lora.rank=8 dora.alpha=16 output.run_name=r8",
+        epilog=f"{textwrap.fill(PATH_RULE, 100)}\n\nExample: python dora_example.py lora.rank=8 dora.alpha=16 "
+               f"output.run_name=r8\n\nExit codes:\n{codes}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", default=DEFAULT_CONFIG, type=Path,
                         help="YAML file; keys it leaves out keep their defaults (default: %(default)s)")
@@ -172,6 +201,17 @@ class Summary:
         self.data["status"] = status
         self.save()
 
+    def close(self, status: str) -> str:
+        """Mark a run that ended early with ``status``, unless it had finished; says where its
+        finished phases are. A summary that cannot be written keeps its last good version."""
+        if self.data["status"] != "running":  # complete, or pretraining diverged: the results are whole
+            return f"the results are in {self.path}"
+        try:
+            self.finish(status)
+        except WriteFailed as error:
+            return f"finished phases are in {self.path} as last saved, not marked {status} ({error.error.strerror})"
+        return f"finished phases are in {self.path}, marked {status}"
+
     def save(self) -> None:
         if self.path is not None:
             write_json(self.path, self.data)
@@ -190,14 +230,16 @@ def run(config: Config, device: torch.device, summary: Summary, record=lambda me
     """
     mnist, task = load_data(config, device)
     seeds = config.experiment.seeds or [config.seed]
+    cache = BaseCache(config, device) if config.cache.enabled else None
     if trains_populations(config):
-        run_populations(config, seeds, summary, mnist, task, device, record, run_dir, launcher or LocalLauncher())
+        run_populations(config, seeds, summary, mnist, task, device, cache, record, run_dir,
+                        launcher or LocalLauncher())
         return
     runs = []
     for i, seed in enumerate(seeds, 1):
         if len(seeds) > 1:
             print(f"\n==== seed {seed} ({i} of {len(seeds)})")
-        result = run_once(config, seed, mnist, task, device, phases.tagged(record, seed=seed),
+        result = run_once(config, seed, mnist, task, device, cache, phases.tagged(record, seed=seed),
                           progress=lambda partial: summary.update([*runs, partial]), run_dir=run_dir if i == 1 else None)
         runs.append(result)
         if result.methods["pretrained"].diverged:
@@ -235,14 +277,14 @@ def load_data(config: Config, device: torch.device) -> tuple[Splits, Splits]:
     return mnist, Splits(shift(mnist.train), shift(mnist.test), shift(mnist.validation))
 
 
-def run_once(config: Config, seed: int, mnist: Splits, task: Splits, device: torch.device, record, progress,
-             run_dir: Path | None) -> SeedResults:
+def run_once(config: Config, seed: int, mnist: Splits, task: Splits, device: torch.device, cache: BaseCache | None,
+             record, progress, run_dir: Path | None) -> SeedResults:
     """One seed: pretrain (or reuse) the base, then fine-tune every variant from it. ``progress``
     gets the seed's results so far after each phase."""
     result = SeedResults(seed)
     torch.manual_seed(seed)
     base = MLP(config.model.hidden_sizes).to(device)
-    result.methods["pretrained"] = pretrain(base, config, seed, mnist, device, record)
+    result.methods["pretrained"] = pretrain(base, config, seed, mnist, cache, record)
     if not result.methods["pretrained"].diverged:
         after_pretraining(config, [result], [base], task, record, run_dir)
     progress(result)
@@ -258,7 +300,7 @@ def run_once(config: Config, seed: int, mnist: Splits, task: Splits, device: tor
 
 
 def run_populations(config: Config, seeds: list[int], summary: Summary, mnist: Splits, task: Splits,
-                    device: torch.device, record, run_dir: Path | None, launcher) -> None:
+                    device: torch.device, cache: BaseCache | None, record, run_dir: Path | None, launcher) -> None:
     """``run`` phase by phase: every seed's pretraining, then each fine-tuning method at each rank
     bucket for every seed, each as populations of ``experiment.population`` models trained at once.
 
@@ -271,7 +313,7 @@ def run_populations(config: Config, seeds: list[int], summary: Summary, mnist: S
     to ``launcher`` before it collects the first, then collects and reports them in order.
     """
     runs = [SeedResults(seed) for seed in seeds]
-    bases, pretrained = pretrain_populations(config, seeds, mnist, device, record, launcher)
+    bases, pretrained = pretrain_populations(config, seeds, mnist, device, cache, record, launcher)
     for result, outcome in zip(runs, pretrained):
         result.methods["pretrained"] = outcome
     if any(outcome.diverged for outcome in pretrained):
@@ -406,61 +448,63 @@ def finish_variant(result: SeedResults, variant: Variant, tuned: phases.Tuned, o
     result.methods[variant.name] = outcome
 
 
-def pretrain(model, config: Config, seed: int, mnist: Splits, device: torch.device, record) -> MethodResult:
+def pretrain(model, config: Config, seed: int, mnist: Splits, cache: BaseCache | None, record) -> MethodResult:
     """Pretrain ``model`` in place, or load the base an earlier run trained from the same inputs."""
-    path = cache_path(config, seed, device) if config.cache.enabled else None
-    if path is not None and path.exists():
-        return reuse_pretrained(model, path, config, mnist, record)
+    path = cache.path(seed) if cache is not None else None
+    if path is not None and (cached := cache.read(path, model)) is not None:
+        return reuse_pretrained(model, cached, path, config, mnist, record)
     kept = phases.Kept(record)  # the records, cached with the weights for the plots of runs that reuse them
     result = phases.fit(model, PRETRAINED, config.pretrain, mnist.train, mnist.test, seed, kept,
                         config.log.every_n_batches)
     if path is not None and not result.diverged:
-        save_cached(path, model, kept.records)
+        cache.save(path, model, kept.records)
     return result
 
 
-def pretrain_populations(config: Config, seeds: list[int], mnist: Splits, device: torch.device, record,
-                         launcher) -> tuple[list[torch.nn.Module], list[MethodResult]]:
+def pretrain_populations(config: Config, seeds: list[int], mnist: Splits, device: torch.device,
+                         cache: BaseCache | None, record, launcher) -> tuple[list[torch.nn.Module], list[MethodResult]]:
     """Every seed's base, pretrained as populations or reused from the cache, and its result. A
     population's members are cached under a key naming the whole population, since a member's
-    float32 bits depend on which models share its matmuls."""
+    float32 bits depend on which models share its matmuls: one damaged member retrains them all."""
     bases = []
     for seed in seeds:
         torch.manual_seed(seed)
         bases.append(MLP(config.model.hidden_sizes).to(device))
-    submitted = []  # per population: its cache paths, and its training unless every member is cached
+    submitted = []  # per population: its cache paths, and its training or its cached bases
     for chunk in population_chunks(list(range(len(seeds))), config.experiment.population, device):
         chunk_seeds = [seeds[i] for i in chunk]
-        paths = [cache_path(config, seed, device, chunk_seeds) for seed in chunk_seeds] if config.cache.enabled else []
-        if paths and all(path.exists() for path in paths):
-            submitted.append((chunk, paths, None))
+        paths = [cache.path(seed, chunk_seeds) for seed in chunk_seeds] if cache is not None else []
+        cached = [cache.read(path, bases[i]) for i, path in zip(chunk, paths)]
+        if paths and None not in cached:
+            submitted.append((chunk, paths, cached))
             continue
         job = phases.population_job([bases[i] for i in chunk], config.pretrain, mnist.train, chunk_seeds,
                                     config.log.every_n_batches)
         submitted.append((chunk, paths, launcher.submit(job)))
     results = [None] * len(seeds)
     for chunk, paths, pending in submitted:
-        if pending is None:
-            for i, path in zip(chunk, paths):
-                results[i] = reuse_pretrained(bases[i], path, config, mnist, phases.tagged(record, seed=seeds[i]))
+        if isinstance(pending, list):
+            for i, path, cached in zip(chunk, paths, pending):
+                results[i] = reuse_pretrained(bases[i], cached, path, config, mnist,
+                                              phases.tagged(record, seed=seeds[i]))
             continue
         kept = phases.Kept(record)  # each member's records, cached with its weights
         outcomes = phases.fit_population(launcher, pending, [PRETRAINED] * len(chunk), mnist.test, kept)
         for i, outcome, path in zip(chunk, outcomes, paths or [None] * len(chunk)):
             results[i] = outcome
             if path is not None and not outcome.diverged:
-                save_cached(path, bases[i], [metrics for metrics in kept.records if metrics["seed"] == seeds[i]])
+                cache.save(path, bases[i], [metrics for metrics in kept.records if metrics["seed"] == seeds[i]])
     return bases, results
 
 
-def reuse_pretrained(model, path: Path, config: Config, mnist: Splits, record) -> MethodResult:
-    """Load the cached base at ``path`` into ``model``, replay its training records, and test it."""
+def reuse_pretrained(model, cached: Cached, path: Path, config: Config, mnist: Splits, record) -> MethodResult:
+    """Load the ``cached`` base (read from ``path``) into ``model``, replay its training records, and test it."""
     print(f"\n== pretrained: reusing pretrained base from {path} (same data, model, pretrain settings, seed)")
-    cached = load_pretrained(path, model)
-    for metrics in cached:
+    records = cached.load_into(model)
+    for metrics in records:
         record({**metrics, "cached": True})  # its curve, for the plots; show() leaves them unprinted
     return phases.score(model, PRETRAINED, mnist.test, record, lr=config.pretrain.lr, epochs=config.pretrain.epochs,
-                        n_train=len(mnist.train), epoch_records=[r for r in cached if r["kind"] == "epoch"],
+                        n_train=len(mnist.train), epoch_records=[r for r in records if r["kind"] == "epoch"],
                         cached=True)
 
 

@@ -6,25 +6,33 @@ they change the floating-point result, where it runs: torch version, device (the
 the CPU's name and torch's thread count: 1 and 2 threads sum in different orders, measured). It
 also holds a digest of the source files whose code pretrains (SOURCES): an edit to the model, the
 training loop or the data pipeline (ReLU to Tanh, say) misses, where it used to load weights
-trained by the old code into the new model. A hit
-therefore gives bit-identical weights to retraining (a test checks it), so a run's results never
-depend on whether the cache was warm. Fine-tuning, adapter, task, test-set and output settings are
-not in the key.
+trained by the old code into the new model. A hit therefore gives bit-identical weights to
+retraining (a test checks it), so a run's results never depend on whether the cache was warm.
+Fine-tuning, adapter, task, test-set and output settings are not in the key.
+
+A cache file is one line holding the SHA-256 of the rest, then the ``torch.save`` of the weights
+and records. A file cut short (a full disk, an interrupted copy) or changed is found damaged
+before it is loaded: the run says so in one line and retrains that base (``BaseCache``).
 """
 
 import hashlib
 import io
 import json
+import pickle
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from loradora.config import Config
-from loradora.files import write_atomic
+from loradora.files import WriteFailed, write_atomic
 from loradora.run_folder import cpu_name
 
-CACHE_FORMAT = 1  # bump when what a cache file holds changes; code changes are in the source digest
+# Bump when what a cache file holds changes (2: a checksum line before the weights); code changes
+# are in the source digest.
+CACHE_FORMAT = 2
 
 # Every file whose code runs while a base is pretrained. Editing any of them, a comment included,
 # retrains the bases once: a few seconds each, against a wrong hit that no result would reveal.
@@ -82,20 +90,88 @@ def cache_path(config: Config, seed: int, device: torch.device, population: list
     return cache_dir(config) / f"{pretrain_key(config, seed, device, population)}.pt"
 
 
+class CacheDamaged(Exception):
+    """A cache file that cannot be read, or whose content is not what was written; says why."""
+
+
+@dataclass
+class Cached:
+    """A cached base: its weights and the records of the pretraining that made them."""
+    state_dict: dict[str, torch.Tensor]
+    records: list[dict]
+
+    def load_into(self, model: nn.Module) -> list[dict]:
+        model.load_state_dict(self.state_dict)
+        return self.records
+
+
 def save_cached(path: Path, model: nn.Module, records: list[dict]) -> None:
-    """The weights and the pretraining's metrics records, written atomically (temporary file, rename).
-    Its test record is left out: a run that reuses the base tests it again."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """The weights and the pretraining's metrics records, after a line holding their SHA-256,
+    written atomically (files.WriteFailed when they cannot be). Its test record is left out: a run
+    that reuses the base tests it again."""
     buffer = io.BytesIO()
     training = [record for record in records if record["kind"] != "test"]
     torch.save({"state_dict": model.state_dict(), "records": training}, buffer)
-    write_atomic(path, buffer.getvalue())
+    payload = buffer.getvalue()
+    write_atomic(path, header(payload) + payload)
 
 
-def load_pretrained(path: Path, model: nn.Module) -> list[dict] | None:
-    """Load the cached weights into ``model`` and return the pretraining's records; None on a miss."""
-    if not path.exists():
-        return None
-    cached = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
-    model.load_state_dict(cached["state_dict"])
-    return cached["records"]
+def read_cached(path: Path, model: nn.Module) -> Cached:
+    """The base cached at ``path``, checked against its checksum and against ``model``'s tensors;
+    CacheDamaged when it is truncated, changed, unreadable or of another shape."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise CacheDamaged(f"cannot be read: {error.strerror}") from None
+    first, _, payload = data.partition(b"\n")
+    if first + b"\n" != header(payload):
+        raise CacheDamaged("its checksum does not match: truncated or changed since it was written")
+    try:
+        cached = torch.load(io.BytesIO(payload), map_location=next(model.parameters()).device, weights_only=True)
+        cached = Cached(cached["state_dict"], cached["records"])
+    except (RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError) as error:
+        raise CacheDamaged(f"cannot be loaded: {' '.join(str(error).split())[:200]}") from None
+    expected = {name: tensor.shape for name, tensor in model.state_dict().items()}
+    if {name: tensor.shape for name, tensor in cached.state_dict.items()} != expected:
+        raise CacheDamaged("its tensors do not fit the model")
+    return cached
+
+
+def header(payload: bytes) -> bytes:
+    return b"loradora pretrained base, sha256 " + hashlib.sha256(payload).hexdigest().encode() + b"\n"
+
+
+class BaseCache:
+    """The cache as one run uses it. A damaged file is a miss, said in one line, and is replaced
+    when the base is retrained; a folder that cannot be written is said once, and the run goes on
+    without caching. Either way the run's results are those of a cold cache."""
+
+    def __init__(self, config: Config, device: torch.device):
+        self.config, self.device, self.writable = config, device, True
+
+    def path(self, seed: int, population: list[int] | None = None) -> Path:
+        return cache_path(self.config, seed, self.device, population)
+
+    def read(self, path: Path, model: nn.Module) -> Cached | None:
+        """The checked base at ``path`` for ``model``; None on a miss or a damaged file."""
+        if not path.exists():
+            return None
+        try:
+            return read_cached(path, model)
+        except CacheDamaged as error:
+            warn(f"cached base {path} is damaged ({error}); retraining")
+            return None
+
+    def save(self, path: Path, model: nn.Module, records: list[dict]) -> None:
+        if not self.writable:
+            return
+        try:
+            save_cached(path, model, records)
+        except WriteFailed as error:
+            self.writable = False
+            warn(f"cannot write the pretrained-base cache in {path.parent} ({error.error.strerror or error.error}); "
+                 f"going on without caching")
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)

@@ -98,7 +98,5 @@ def layer_settings(layer: LoRALinear) -> dict:
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
                  metadata: dict[str, str] | None = None) -> None:
     """A safetensors file, written atomically; "format": "pt" as PEFT and transformers write it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
-    write_atomic(path, save(tensors, metadata={"format": "pt", **(metadata or {})}))
+    write_atomic(Path(path), save(tensors, metadata={"format": "pt", **(metadata or {})}))

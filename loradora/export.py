@@ -26,7 +26,6 @@ PEFT_NAMES = {"lora_A": "lora_A.weight", "lora_B": "lora_B.weight", "magnitude":
 def export_peft(model: nn.Module, directory: str | Path) -> None:
     """Write the adapters of ``model`` as a PEFT LoRA/DoRA adapter into ``directory``."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     save_tensors(directory / "adapter_model.safetensors", peft_state_dict(model))
     write_json(directory / "adapter_config.json", peft_config(adapter_settings(model)))
 

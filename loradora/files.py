@@ -1,4 +1,9 @@
-"""Files written whole or not at all: a crash, a full disk or Ctrl-C never leaves half a file."""
+"""Files written whole or not at all: a crash, a full disk or Ctrl-C never leaves half a file.
+
+Every file a run writes goes through here (``write_atomic``, or ``append_line`` for metrics.jsonl),
+so one exception, ``WriteFailed``, says that a write failed and which file it was: the run reports
+it in one line, and the last good version of the file is still there.
+"""
 
 import dataclasses
 import json
@@ -7,18 +12,45 @@ import tempfile
 from pathlib import Path
 
 
+class WriteFailed(RuntimeError):
+    """A file could not be written (a full disk, a read-only folder); the message names it."""
+
+    def __init__(self, path: Path, error: OSError):
+        super().__init__(f"cannot write {path}: {error.strerror or error}")
+        self.path, self.error = path, error
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write to a temporary file beside ``path`` then rename it, so a crash leaves no half file."""
+    """Write to a temporary file beside ``path`` (making its folder) then rename it over ``path``."""
+    path = Path(path)
     mode = "wb" if isinstance(data, bytes) else "w"
-    with tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+            try:
+                tmp.write(data)
+                tmp.close()
+                os.chmod(tmp.name, 0o644)  # temporary files are private (0600); results are to share
+                os.replace(tmp.name, path)
+            except BaseException:
+                os.unlink(tmp.name)
+                raise
+    except OSError as error:
+        raise WriteFailed(path, error) from error
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` and a newline in a single write, so no line is ever half there."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            tmp.write(data)
-            tmp.close()
-            os.chmod(tmp.name, 0o644)  # temporary files are private (0600); results are to share
-            os.replace(tmp.name, path)
-        except BaseException:
-            os.unlink(tmp.name)
-            raise
+            written = os.write(descriptor, (line + "\n").encode())
+        finally:
+            os.close(descriptor)
+    except OSError as error:
+        raise WriteFailed(path, error) from error
+    if written != len(line.encode()) + 1:  # a short write: what a nearly full disk does
+        raise WriteFailed(path, OSError(28, f"wrote {written} of {len(line.encode()) + 1} bytes"))
 
 
 def write_json(path: Path, data) -> None:

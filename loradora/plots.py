@@ -5,12 +5,14 @@
     dm_dd.png             with the analysis on: dM against dD per method, with the fitted line
 
 A figure that does not apply to a run is not written. matplotlib's ``Figure`` is used directly, not
-pyplot, so no window or global backend is involved: ``savefig`` renders a PNG with Agg. Legends sit
-outside the axes, so they never cover a point; panels that are compared share their scales.
+pyplot, so no window or global backend is involved: ``savefig`` renders a PNG with Agg, written
+atomically (loradora/files.py). Legends sit outside the axes, so they never cover a point; panels
+that are compared share their scales.
 
     python -m loradora.plots results/<run>     # draws a finished run's figures again
 """
 
+import io
 import json
 import sys
 from collections import defaultdict
@@ -19,6 +21,7 @@ from pathlib import Path
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from loradora.files import WriteFailed, write_atomic
 from loradora.results import accuracy_std, from_json
 
 LAYER_MARKERS = "osD^v<>p"
@@ -39,8 +42,9 @@ def write_plots(run_dir: Path) -> list[Path]:
         ("dm_dd.png", lambda: draw_dm_dd(summary), bool(summary["decomposition"])),
     ]:
         if applies:
-            figure = draw()
-            figure.savefig(run_dir / name, dpi=120)
+            png = io.BytesIO()
+            draw().savefig(png, format="png", dpi=120)
+            write_atomic(run_dir / name, png.getvalue())  # a failed write leaves no half figure
             written.append(run_dir / name)
     return written
 
@@ -252,7 +256,8 @@ USAGE = "usage: python -m loradora.plots RUN_FOLDER   (a finished run: results/<
 
 
 def main(argv: list[str]) -> int:
-    """Draw a finished run's figures again; 2 with one line (usage or why) when it cannot."""
+    """Draw a finished run's figures again; 2 with one line (usage or why) when it cannot, 1 when a
+    figure cannot be written."""
     if len(argv) != 1 or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stderr)
         return 2
@@ -261,8 +266,12 @@ def main(argv: list[str]) -> int:
     if problem:
         print(f"error: {run_dir}: {problem}", file=sys.stderr)
         return 2
-    for path in write_plots(run_dir):
-        print(path)
+    try:
+        for path in write_plots(run_dir):
+            print(path)
+    except WriteFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

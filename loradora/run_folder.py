@@ -6,13 +6,14 @@ summary.json   {"status", "methods", "runs", ..., "config", "env"}, rewritten af
 """
 
 import json
-import os
 import platform
 import subprocess
 import time
 from pathlib import Path
 
 import torch
+
+from loradora.files import append_line
 
 
 class OutputUnavailable(RuntimeError):
@@ -47,11 +48,7 @@ class MetricsLog:
         self.path = path
 
     def __call__(self, record: dict) -> None:
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(descriptor, (json.dumps(record) + "\n").encode())
-        finally:
-            os.close(descriptor)
+        append_line(self.path, json.dumps(record))
 
 
 def environment(device: torch.device) -> dict:

@@ -1,4 +1,8 @@
-"""Models, adapter states and results shared by the tests."""
+"""Models, adapter states, results and injected faults shared by the tests."""
+
+import errno
+import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -74,3 +78,41 @@ def method_result(**fields) -> MethodResult:
 
 def seed_results(seed: int, methods: dict[str, MethodResult], decomposition: dict | None = None) -> SeedResults:
     return SeedResults(seed, methods, decomposition or {})
+
+
+def fail_writes(monkeypatch, refuses, code: int = errno.ENOSPC, after: int = 0) -> None:
+    """Fault injection: opening for writing, or making a folder at, a path that ``refuses(path)``
+    accepts fails with OSError ``code`` (ENOSPC: a full disk; EROFS: a read-only folder), after
+    ``after`` such writes have gone through. os owns the names patched; every write of the package
+    (loradora/files.py) and of tempfile goes through them. As root, chmod stops no write: CI runs as root."""
+    real_open, real_mkdir = os.open, os.mkdir
+    allowed = [after]
+
+    def refused(path) -> bool:
+        if not refuses(Path(path)):
+            return False
+        allowed[0] -= 1
+        return allowed[0] < 0
+
+    def open_for_writing(path, flags, mode=0o777, *, dir_fd=None):
+        if flags & (os.O_WRONLY | os.O_RDWR) and refused(path):
+            raise OSError(code, os.strerror(code), str(path))
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    def mkdir(path, mode=0o777, *, dir_fd=None):
+        if refused(path):
+            raise OSError(code, os.strerror(code), str(path))
+        return real_mkdir(path, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", open_for_writing)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+
+
+def named(filename: str):
+    """For ``fail_writes``: the file ``filename`` and the temporary files it is written through."""
+    return lambda path: path.name == filename or path.name.startswith(f".{filename}.")
+
+
+def under(folder: Path):
+    """For ``fail_writes``: ``folder`` and everything in it."""
+    return lambda path: path == folder or folder in path.parents

@@ -1,5 +1,6 @@
 """The pretrained-base cache: what its key holds, and that a hit changes no result."""
 
+import errno
 import json
 import shutil
 
@@ -7,8 +8,9 @@ import pytest
 import torch
 
 from conftest import REPO, smoke
+from helpers import fail_writes, under
 from loradora import cache
-from loradora.cache import cache_dir, load_pretrained, pretrain_key, save_cached
+from loradora.cache import CacheDamaged, cache_dir, pretrain_key, read_cached, save_cached
 from loradora.config import load_config
 from loradora.model import MLP
 
@@ -53,18 +55,38 @@ def test_the_cache_lives_under_the_output_folder_unless_told(tmp_path):
     assert cache_dir(load_config(None, [f"cache.dir={tmp_path / 'c'}"])) == tmp_path / "c"
 
 
-def test_save_then_load_restores_weights_and_records(tmp_path):
+def test_save_then_read_restores_weights_and_records(tmp_path):
     model, records = MLP(), [{"kind": "epoch", "loss": 0.5, "batch_losses": [0.7, 0.3]}]
     path = tmp_path / "cache" / "key.pt"
     save_cached(path, model, records)
     fresh = MLP()
-    assert load_pretrained(path, fresh) == records
+    assert read_cached(path, fresh).load_into(fresh) == records
     for saved, loaded in zip(model.state_dict().values(), fresh.state_dict().values()):
         assert torch.equal(saved, loaded)
-    untouched = MLP()
-    before = [p.clone() for p in untouched.parameters()]
-    assert load_pretrained(tmp_path / "missing.pt", untouched) is None
-    assert all(torch.equal(a, b) for a, b in zip(before, untouched.parameters()))
+
+
+def damage(path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "truncated":  # a full disk or an interrupted copy
+        del data[len(data) // 2:]
+    else:  # one flipped bit in the weights, which the zip archive does not check
+        data[-len(data) // 3] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["truncated", "bit flipped"])
+def test_a_damaged_file_is_found_before_it_is_loaded(tmp_path, how):
+    path = tmp_path / "key.pt"
+    save_cached(path, MLP(), [])
+    damage(path, how)
+    with pytest.raises(CacheDamaged, match="checksum does not match"):
+        read_cached(path, MLP())
+
+
+def test_a_file_of_another_shape_is_damaged(tmp_path):
+    save_cached(tmp_path / "key.pt", MLP([64, 256]), [])
+    with pytest.raises(CacheDamaged, match="do not fit the model"):
+        read_cached(tmp_path / "key.pt", MLP())
 
 
 def tiny_run(tmp_path, mnist_root, name, *overrides):
@@ -112,3 +134,37 @@ def test_an_edit_to_the_code_that_pretrains_misses(tmp_path, monkeypatch):
 def test_the_sources_are_the_code_that_pretrains():
     assert {path.name for path in cache.SOURCES} >= {"model.py", "training.py", "data.py", "dora_example.py"}
     assert all(path.is_file() for path in cache.SOURCES)
+
+
+# Regression: a cached base cut to half its length stopped the next run with a 12-line traceback
+# from torch.load.
+@pytest.mark.parametrize("seeds,how", [("experiment.seeds=[1]", "truncated"), ("experiment.seeds=[1, 2]", "bit flipped")],
+                         ids=["one model, truncated", "population, bit flipped"])
+def test_a_damaged_base_is_said_retrained_and_replaced(tmp_path, mnist_root, capsys, how, seeds):
+    first, first_losses = tiny_run(tmp_path, mnist_root, "first", seeds)
+    files = sorted((tmp_path / ".pretrained_cache").glob("*.pt"))
+    damage(files[-1], how)
+    capsys.readouterr()
+    again, again_losses = tiny_run(tmp_path, mnist_root, "again", seeds)
+    captured = capsys.readouterr()
+    assert captured.err == f"warning: cached base {files[-1]} is damaged (its checksum does not match: truncated " \
+                           f"or changed since it was written); retraining\n"
+    assert "reusing pretrained base" not in captured.out  # a population retrains every member with it
+    runs = json.loads((tmp_path / "again" / "summary.json").read_text())["runs"]
+    assert [run["methods"]["pretrained"]["cached"] for run in runs] == [False] * len(runs)
+    accuracies = {name: result["test_accuracy"] for name, result in first.items()}
+    assert {name: result["test_accuracy"] for name, result in again.items()} == accuracies
+    assert again_losses == first_losses  # retrained: the same bits as the first run
+    assert sorted((tmp_path / ".pretrained_cache").glob("*.pt")) == files
+    tiny_run(tmp_path, mnist_root, "third", seeds)  # the file was replaced whole, and is used again
+    assert capsys.readouterr().out.count("reusing pretrained base") == len(files)
+
+
+def test_a_cache_folder_that_cannot_be_written_is_said_once_and_the_run_goes_on(tmp_path, mnist_root, capsys,
+                                                                                monkeypatch):
+    folder = tmp_path / ".pretrained_cache"
+    fail_writes(monkeypatch, under(folder), errno.EROFS)  # read-only (chmod stops nothing as root)
+    methods, _ = tiny_run(tmp_path, mnist_root, "r", "experiment.seeds=[1, 2]", "experiment.population=1")
+    assert capsys.readouterr().err == f"warning: cannot write the pretrained-base cache in {folder} (Read-only " \
+                                      f"file system); going on without caching\n"  # once, not per seed
+    assert methods["dora"]["test_accuracies"] is not None and not folder.exists()

@@ -4,22 +4,28 @@ Most cases run the real command line in-process (dora_example.main, as `python d
 would); the exit-code, traceback and Ctrl-C cases start a real process.
 """
 
+import importlib.util
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 import dora_example
 from conftest import REPO, smoke, summary_of
+from helpers import fail_writes, named
 from loradora.data import MD5, DataUnavailable, load_mnist
-from loradora.files import write_json
+from loradora.files import WriteFailed, write_json
 
 SMOKE = str(REPO / "configs" / "smoke.yaml")
+HAS_RAY = importlib.util.find_spec("ray") is not None
 
 
 def cli(tmp_path, *args, config=SMOKE):
@@ -141,10 +147,40 @@ def test_results_files_are_replaced_whole(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteFailed, match=f"cannot write {path}: disk full"):
         write_json(path, {"done": 2})
     assert json.loads(path.read_text()) == {"done": 1}
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def tiny(tmp_path, *overrides, exit_code: int = 0) -> Path:
+    """The smoke run on 512 training and 200 test images, one fine-tuning epoch, the cache off."""
+    return smoke(tmp_path, "data.train_subset=512", "data.test_subset=200", "finetune.epochs=1",
+                 "cache.enabled=false", *overrides, exit_code=exit_code)
+
+
+# Regression: a full disk used to end the run in a traceback from whichever write hit it.
+@pytest.mark.parametrize("filename,after,status", [
+    ("summary.json", 2, "running"),       # the third save fails: the second, after LoRA, is what stays
+    ("metrics.jsonl", 5, "write failed"),
+    ("config.yaml", 0, "write failed"),
+    ("lora.safetensors", 0, "write failed"),  # the adapter file
+    ("pretrained.safetensors", 0, "write failed"),
+    ("loss_curves.png", 0, "complete"),   # the results are whole; the plots can be drawn again
+])
+def test_a_failed_write_is_one_line_and_the_last_summary_stays_readable(tmp_path, mnist_root, capsys, monkeypatch,
+                                                                          filename, after, status):
+    fail_writes(monkeypatch, named(filename), after=after)
+    run = tiny(tmp_path, exit_code=1)
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    assert err.startswith(f"error: cannot write {run}/") and f"{filename}: No space left on device" in err
+    summary = summary_of(run)  # readable: every write is atomic
+    assert summary["status"] == status
+    if filename == "summary.json":
+        assert list(summary["methods"]) == ["pretrained", "lora"] and "as last saved, not marked" in err
+    else:
+        assert str(run / "summary.json") in err
 
 
 # When a phase diverges (training.train raises Diverged; tests/test_training.py), the run goes on:
@@ -166,23 +202,103 @@ def test_a_diverged_pretraining_stops_the_run(tmp_path, mnist_root):
     assert summary["status"] == "pretraining diverged" and list(summary["methods"]) == ["pretrained"]
 
 
-def test_ctrl_c_keeps_finished_phases(tmp_path, mnist_root):
+def stop_midway(tmp_path, mnist_root, signum, *overrides, when=lambda line: line.startswith(FINE_TUNING)):
+    """Run the CLI as a real process, send it ``signum`` at the first printed line that ``when``
+    accepts, and return (exit code, stderr, run folder).
+
+    The child starts with both stop signals at their defaults: a suite started as a background job
+    (``pytest &``) runs with SIGINT ignored, which its children would inherit. A child that does not
+    end within two minutes is killed, so a stop that is not honoured fails the test, not the suite.
+    """
     command = [sys.executable, str(REPO / "dora_example.py"), "--config", SMOKE, f"data.root={mnist_root}",
-               f"output.dir={tmp_path}", "output.run_name=r", "finetune.epochs=1000"]
+               f"output.dir={tmp_path}", "output.run_name=r", "finetune.epochs=1000", *overrides]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    for line in process.stdout:
-        if line.startswith("Epoch: 001/1000 | Batch 010"):  # well into LoRA's fine-tuning
-            process.send_signal(signal.SIGINT)
-            break
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 130
-    assert "interrupted: finished phases are in" in err and "Traceback" not in err
-    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=default_stop_signals)
+    watchdog = threading.Timer(120, process.kill)
+    watchdog.start()
+    try:
+        for line in process.stdout:
+            if when(line):
+                process.send_signal(signum)
+                break
+        _, err = process.communicate()
+    finally:
+        watchdog.cancel()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, err, tmp_path / "r"
+
+
+FINE_TUNING = "Epoch: 001/1000 | Batch 010"  # well into LoRA's fine-tuning (pretraining has other epochs)
+
+
+def default_stop_signals() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def assert_interrupted(run, err: str, signal_name: str, seeds: int = 1) -> None:
+    """Stopped in LoRA's fine-tuning: the pretraining is kept, the summary marked, one line said."""
+    assert f"interrupted by {signal_name}: finished phases are in {run / 'summary.json'}, marked interrupted" in err
+    assert "Traceback" not in err
+    summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "interrupted"
     assert list(summary["methods"]) == ["pretrained"] and summary["methods"]["pretrained"]["n_test"] == 1000
-    records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
-    assert any(r["phase"] == "lora" for r in records)  # what ran before the interrupt is kept
+    assert len(summary["runs"]) == seeds
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["phase"] == "lora" for r in records)  # what ran before the stop is kept
+
+
+def test_ctrl_c_keeps_finished_phases(tmp_path, mnist_root):
+    code, err, run = stop_midway(tmp_path, mnist_root, signal.SIGINT)
+    assert code == 130, err[-2000:]
+    assert_interrupted(run, err, "SIGINT")
+
+
+# Regression: SIGTERM, what Slurm, Kubernetes and `timeout` send, ended the run at once and left
+# summary.json "running" for ever.
+def test_sigterm_keeps_finished_phases(tmp_path, mnist_root):
+    code, err, run = stop_midway(tmp_path, mnist_root, signal.SIGTERM)
+    assert code == 143, err[-2000:]
+    assert_interrupted(run, err, "SIGTERM")
+
+
+def test_sigterm_in_a_population_keeps_finished_phases(tmp_path, mnist_root):
+    code, err, run = stop_midway(tmp_path, mnist_root, signal.SIGTERM, "experiment.seeds=[1, 2]")
+    assert code == 143, err[-2000:]
+    assert_interrupted(run, err, "SIGTERM", seeds=2)
+
+
+@pytest.mark.skipif(not HAS_RAY, reason="ray is not installed (pip install -r requirements-dev.txt)")
+def test_sigterm_with_ray_ends_cleanly_and_leaves_no_ray_process(tmp_path, mnist_root):
+    # ray.init makes SIGTERM raise SystemExit on the driver, which skipped the run's bookkeeping. A Ray
+    # population's batch records arrive with its result, so the stop comes at the phase's header.
+    before = ray_processes()
+    code, err, run = stop_midway(tmp_path, mnist_root, signal.SIGTERM, "experiment.seeds=[1, 2]",
+                                 "experiment.launcher=ray", when=lambda line: line.startswith("== lora"))
+    assert code == 143, err[-2000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and list(summary["methods"]) == ["pretrained"]
+    assert "interrupted by SIGTERM" in err
+    # ray.shutdown ends the runtime the run started; its workers notice and exit within moments
+    deadline = time.monotonic() + 60
+    while ray_processes() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not ray_processes() - before, sorted(ray_processes() - before)
+
+
+def ray_processes() -> set[tuple[int, str]]:
+    """(pid, command line) of every running process of a Ray runtime: its servers and its workers."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # not a process, or one that has just ended
+            continue
+        if any(mark in command for mark in ("raylet", "gcs_server", "default_worker.py", "ray::", "ray/dashboard")):
+            found.add((int(entry.name), command[:200]))
+    return found
 
 
 def test_deterministic_mode_runs_and_repeats(tmp_path, mnist_root):

@@ -3,6 +3,7 @@ without the ray package, or with a cluster that cannot be joined, the run stops 
 
 import importlib.util
 import json
+import signal
 import subprocess
 import sys
 import types
@@ -84,9 +85,11 @@ def ray_runtime():
     import ray
 
     from loradora.launcher import start_ray
+    sigterm = signal.getsignal(signal.SIGTERM)
     start_ray(None, num_cpus=2)
     yield
     ray.shutdown()
+    signal.signal(signal.SIGTERM, sigterm)  # ray.init's makes SIGTERM a SystemExit in whichever test runs
 
 
 @pytest.mark.parametrize("overrides", [
