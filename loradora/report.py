@@ -139,7 +139,9 @@ def interval_label(comparison: dict) -> str:
 
 
 def arrow(sentence: str) -> str:
-    return textwrap.fill(sentence, width=100, initial_indent="  -> ", subsequent_indent="     ")
+    # not at hyphens: "Bonferroni-adjusted" stays one word, so the sentence can be found in the output
+    return textwrap.fill(sentence, width=100, initial_indent="  -> ", subsequent_indent="     ",
+                         break_on_hyphens=False)
 
 
 def several_intervals(comparisons: dict) -> str:

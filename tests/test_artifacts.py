@@ -58,8 +58,14 @@ def test_merged_model_is_a_plain_mlp_that_predicts_as_the_adapters_do(smoke_run,
     assert (merged_logits - logits).abs().max() <= rounding_bound(logits)
     checks = summary[method]["file_checks"]
     assert (merged_logits - logits).abs().max().item() == checks["merged_max_logit_diff"]
+    # The same predictions wherever the top two logits are further apart than the merge moved any
+    # logit; the images that are closer (which ones depends on the CPU's rounding) may go either way.
+    top2 = logits.topk(2, dim=1).values
+    sure = top2[:, 0] - top2[:, 1] > 2 * checks["merged_max_logit_diff"]
+    assert torch.equal(merged_logits.argmax(1)[sure], logits.argmax(1)[sure])
     correct = evaluate(merged, test_data).correct
-    assert correct == checks["merged_test_correct"] == summary[method]["test_correct"]
+    assert correct == checks["merged_test_correct"]
+    assert abs(correct - summary[method]["test_correct"]) <= int((~sure).sum())
     assert len(test_data) == summary[method]["n_test"] == 10_000
 
 
@@ -74,4 +80,4 @@ def test_adapter_file_on_the_saved_base_reproduces_the_test_accuracy(smoke_run, 
 def test_peft_loads_the_export_onto_the_pretrained_mlp(smoke_run, test_data, method):
     peft_model = load_with_peft(pretrained(smoke_run), smoke_run / "peft" / method)
     expected = predict(adapted(smoke_run, method), test_data.images)
-    torch.testing.assert_close(predict(peft_model, test_data.images), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(predict(peft_model, test_data.images), expected, atol=rounding_bound(expected), rtol=0)

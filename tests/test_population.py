@@ -102,7 +102,9 @@ def test_every_member_trains_as_it_would_alone_in_float64(case, norm):
     alone = [losses_alone(model, data, seed, epochs=4) for model, seed in zip(members(case, torch.float64), SEEDS)]
     together, _ = losses_together(members(case, torch.float64), data, epochs=4, norm=norm)
     assert len(alone[0]) == 200
-    assert worst_relative(alone, together) <= 1e-12
+    # 2 rounding steps (3.9e-16) on every CPU tried; with the norm's gradient kept, DoRA is
+    # ill-conditioned (see the float32 test) and reached 2.9e-13 with SSE kernels, measured
+    assert worst_relative(alone, together) <= (1e-10 if case[1].get("detach_norm") is False else 1e-12)
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
@@ -193,11 +195,12 @@ def test_a_population_run_matches_one_model_at_a_time(tmp_path, mnist_root, caps
     assert together["status"] == alone["status"] == "complete"
     assert list(together["methods"]) == list(alone["methods"]) == ["pretrained", "lora", "dora", "head"]
     assert [run["seed"] for run in together["runs"]] == [1, 2, 3]
-    # float32: each member's first 8 pretraining steps as alone (to 1e-6), every logged loss close
+    # float32: each member's first 8 pretraining steps as alone to 1e-5, every logged loss to 1e-4
+    # (measured under AVX512, AVX2 and SSE kernels and 1 to 8 threads: at most 3.4e-7 and 5.4e-7)
     first, second = batch_losses(together_records), batch_losses(alone_records)
     assert first.keys() == second.keys()
     for key, loss in first.items():
-        bound = 1e-6 if key[1] == "pretrained" and key[3] < 8 else 0.05
+        bound = 1e-5 if key[1] == "pretrained" and key[3] < 8 else 1e-4
         assert loss == pytest.approx(second[key], rel=bound), key
     # train s is the population's time shared out: every member of a population gets the same
     for method in together["methods"]:
@@ -296,9 +299,13 @@ def test_dropout_gives_each_member_its_own_mask_and_the_adapters_math(method):
         model.train()
         model(x[i]).sum().backward()
         rank = model.layers[0].rank
-        torch.testing.assert_close(stacked.lora_B.grad[i, :rank], model.layers[0].lora_B.grad.t(), rtol=1e-12, atol=0)
+        expected = model.layers[0].lora_B.grad.t()
+        torch.testing.assert_close(stacked.lora_B.grad[i, :rank], expected, rtol=1e-12,
+                                   atol=1e-12 * expected.abs().max().item())  # entries near zero cancel
         if method == "dora":
-            torch.testing.assert_close(stacked.magnitude.grad[i, 0], model.layers[0].magnitude.grad, rtol=1e-12, atol=0)
+            expected = model.layers[0].magnitude.grad
+            torch.testing.assert_close(stacked.magnitude.grad[i, 0], expected, rtol=1e-12,
+                                       atol=1e-12 * expected.abs().max().item())
 
 
 def test_when_every_member_diverges_the_population_stops():
