@@ -20,12 +20,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import dora_example  # noqa: E402
 from loradora.config import load_config, resolve_device  # noqa: E402
+from loradora.pipeline import Experiment, Summary  # noqa: E402
 from seeds_way import seeds_pipeline  # noqa: E402
 
 
 def project_pipeline(config, device) -> dict:
-    summary = dora_example.Summary(config, device)
-    dora_example.run(config, device, summary)
+    summary = Summary(config, device)
+    Experiment(config, device, summary).run()
     return {name: result.test_accuracy for name, result in summary.data["methods"].items()}
 
 
@@ -47,7 +48,6 @@ def main():
     config = load_config(dora_example.DEFAULT_CONFIG,
                          ["cache.enabled=false", "analysis.every_n_batches=null", *args.overrides],
                          project=dora_example.PROJECT)
-    dora_example.import_pipeline()  # run() needs torch and the pipeline's modules
     device = resolve_device(config.device)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     times = {"project": [], "seeds' way": []}

@@ -34,14 +34,15 @@ from loradora.run_folder import cpu_name
 # are in the source digest.
 CACHE_FORMAT = 2
 
-# Every file whose code runs while a base is pretrained. Editing any of them, a comment included,
-# retrains the bases once: a few seconds each, against a wrong hit that no result would reveal.
+# Every file whose code decides a pretrained base's weights: the model and its seeded init, the
+# data, the training loops and the optimiser, the populations and the phase that drives them (its
+# batch order's seed). Editing any of them, a comment included, retrains the bases once: a few
+# seconds each, against a wrong hit that no result would reveal. What only orchestrates or prints
+# (loradora/pipeline.py, the entry script) is not here; tests/test_cache.py traces a pretraining
+# and fails when a module runs in it that is neither here nor declared not to shape the weights.
 PACKAGE = Path(__file__).resolve().parent
-SOURCES = (PACKAGE / "choices.py", PACKAGE / "model.py", PACKAGE / "data.py", PACKAGE / "training.py",
-           PACKAGE / "adam.py",
-           PACKAGE / "population.py",  # pretrains several seeds at once
-           PACKAGE / "phases.py",  # runs the training loop for a phase
-           PACKAGE.parent / "dora_example.py")  # the script seeds and drives the pretraining
+SOURCES = tuple(PACKAGE / name for name in ("choices.py", "model.py", "data.py", "training.py", "adam.py",
+                                            "population.py", "launcher.py", "phases.py"))
 
 
 def pretrain_key(config: Config, seed: int, device: torch.device, population: list[int] | None = None) -> str:

@@ -1,5 +1,6 @@
 """The network being adapted: a plain multilayer perceptron for flattened MNIST images."""
 
+import torch
 from torch import nn
 
 from loradora.choices import N_CLASSES, N_PIXELS
@@ -18,3 +19,9 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.layers(x)
+
+
+def initial_base(hidden_sizes, seed: int, device: torch.device) -> MLP:
+    """Seed ``seed``'s untrained base: its initial weights come from torch's global generator, seeded here."""
+    torch.manual_seed(seed)
+    return MLP(hidden_sizes).to(device)

@@ -35,7 +35,7 @@ def require_tensorboard() -> type:
 
 
 class TensorBoardLog:
-    """A metrics-record sink: call it with every record that ``dora_example.run`` passes to its
+    """A metrics-record sink: call it with every record that ``pipeline.Experiment`` passes to its
     ``record`` callback, and ``close()`` it when the run is over.
 
     A record of kind K is written by the method ``on_K``; kinds without one are skipped: "batch"

@@ -3,6 +3,8 @@
 import errno
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +14,9 @@ from helpers import fail_writes, under
 from loradora import cache
 from loradora.cache import CacheDamaged, cache_dir, pretrain_key, read_cached, save_cached
 from loradora.config import load_config
-from loradora.model import MLP
+from loradora.data import Split
+from loradora.model import MLP, initial_base
+from loradora.pipeline import Experiment, Splits, Summary
 
 CPU = torch.device("cpu")
 BASE_KEY = pretrain_key(load_config(), 1, CPU)
@@ -123,17 +127,48 @@ def test_an_edit_to_the_code_that_pretrains_misses(tmp_path, monkeypatch):
     # The case: ReLU changed to Tanh in model.py used to hit and load the ReLU-trained weights.
     copy = tmp_path / "loradora"
     shutil.copytree(REPO / "loradora", copy)
-    shutil.copy(REPO / "dora_example.py", tmp_path / "dora_example.py")
-    monkeypatch.setattr(cache, "SOURCES", tuple(copy.parent / path.relative_to(REPO) for path in cache.SOURCES))
+    monkeypatch.setattr(cache, "SOURCES", tuple(copy / path.name for path in cache.SOURCES))
     assert pretrain_key(load_config(), 1, CPU) == BASE_KEY  # an unedited copy is the same code
     model = copy / "model.py"
     model.write_text(model.read_text().replace("nn.ReLU()", "nn.Tanh()"))
     assert pretrain_key(load_config(), 1, CPU) != BASE_KEY
 
 
+# Modules whose code runs while a base is pretrained but cannot change its weights, and why.
+NOT_SHAPING = {
+    "pipeline.py": "orchestration: which phases run, in which order, with settings that are in the key",
+    "experiment.py": "the phase's name, and the settings its result records",
+    "adapters.py": "counts the trainable parameters for the result record",
+}
+
+
 def test_the_sources_are_the_code_that_pretrains():
-    assert {path.name for path in cache.SOURCES} >= {"model.py", "training.py", "data.py", "dora_example.py"}
-    assert all(path.is_file() for path in cache.SOURCES)
+    # Regression: the key held the entry script, so editing a print statement retrained every base.
+    ran = set()
+
+    def note(frame, event, arg):
+        if event == "call":
+            ran.add(Path(frame.f_code.co_filename))
+
+    generator = torch.Generator().manual_seed(0)
+    split = lambda n: Split(torch.rand(n, 784, generator=generator), torch.randint(0, 10, (n,), generator=generator))  # noqa: E731
+    mnist = Splits(split(256), split(64), None)
+    for seeds in ("[1]", "[1, 2]"):  # one model, and a population
+        config = load_config(None, ["pretrain.epochs=1", "cache.enabled=false", f"experiment.seeds={seeds}"])
+        experiment = Experiment(config, CPU, Summary(config, CPU))
+        sys.setprofile(note)
+        try:
+            if len(experiment.seeds) == 1:
+                experiment.pretrain(initial_base(config.model.hidden_sizes, 1, CPU), 1, mnist, lambda record: None)
+            else:
+                experiment.pretrain_populations(mnist)
+        finally:
+            sys.setprofile(None)
+    package = {path.name for path in ran if path.parent == cache.PACKAGE}
+    sources = {path.name for path in cache.SOURCES}
+    assert package - sources - NOT_SHAPING.keys() == set()  # a module that shapes the weights is missing
+    assert {"model.py", "training.py", "population.py", "phases.py"} <= package & sources
+    assert all(path.is_file() for path in cache.SOURCES) and "dora_example.py" not in sources
 
 
 # Regression: a cached base cut to half its length stopped the next run with a 12-line traceback

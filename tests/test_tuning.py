@@ -4,8 +4,8 @@ and on a slice of MNIST. The test set must choose nothing."""
 import pytest
 import torch
 
-import dora_example
 from conftest import smoke, summary_of
+from loradora import data
 from loradora.data import Split, hold_out
 from loradora.experiment import aggregate, choose_rate
 from loradora.stats import paired_difference, seeds_needed, t_quantile, t_quantile_975, verdict
@@ -119,14 +119,19 @@ def test_rates_are_chosen_on_validation_and_the_test_set_plays_no_part(tmp_path,
     assert list(summary["methods"]) == ["pretrained", "lora", "lora@shared", "dora", "dora@shared"]
     assert summary["methods"]["dora@shared"]["lr"] == 0.005 and "dora@shared - lora@shared" in summary["comparisons"]
     # Scramble the test labels: the rates chosen, and every validation accuracy, stay the same.
-    load = dora_example.load_mnist
+    # Patched where it is defined, which the pipeline looks up on every load (pipeline.load_data).
+    # Regression: the patch went to a global of dora_example.py that main() rebound to the real
+    # loader, so the "scrambled" run was the same run and this compared the tuning with itself.
+    load = data.load_mnist
 
     def scrambled(*args, train, **kwargs):
         split = load(*args, train=train, **kwargs)
         return split if train else Split(split.images, split.labels.roll(1))
 
-    monkeypatch.setattr(dora_example, "load_mnist", scrambled)
-    assert tuning_run(tmp_path, "scrambled")["tuning"] == tuning
+    monkeypatch.setattr(data, "load_mnist", scrambled)
+    scrambled_run = tuning_run(tmp_path, "scrambled")
+    assert scrambled_run["methods"]["lora"]["test_accuracy"] < 30  # the scrambled labels were used
+    assert scrambled_run["tuning"] == tuning
 
 
 def test_the_shared_rate_runs_can_be_left_out(tmp_path, mnist_root):
