@@ -8,8 +8,12 @@ LoRA (Hu et al. 2021, arXiv 2106.09685) learns a low-rank update s * B @ A; DoRA
 
 with the norm taken per output row, so m has one entry per output feature.
 
+The maths is written once, as tensor functions that take one layer's tensors or a population's
+(``lora_forward``, ``dora_forward``, ``dora_row_norm``): the layers here and the stacked layers of
+loradora/population.py only hold the parameters and call them.
+
 Both take ``dropout`` as PEFT's ``lora_dropout``: in training, the adapter path sees dropout(x),
-the frozen base path sees x (for DoRA with a correction, see ``DoRALinear.forward_dropout``).
+the frozen base path sees x (for DoRA with a correction, see ``dora_forward``).
 
 A layer can be merged in place for inference (its base weight becomes W') and unmerged back to W0;
 ``merge_adapters`` turns a whole model back into plain ``nn.Linear`` layers for deployment.
@@ -45,6 +49,109 @@ def lora_scaling(rank: int, alpha: float, scaling: str = "standard") -> float:
     if scaling == "alpha":
         return float(alpha)
     raise ValueError(f"unknown scaling {scaling!r}; expected one of {', '.join(SCALINGS)}")
+
+
+# ---- The adapter maths, once ----
+# Every layer below, and every stacked layer of a population (loradora/population.py), computes
+# through these functions; nothing else re-derives them. Weights are in nn.Linear's layout,
+# (..., out, in), with A (..., rank, in) and B (..., out, rank). A leading member dimension N, when
+# there is one, is batched over: x is then (N, batch, in), s an (N, 1, 1) tensor, m (N, out).
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight^T + bias, as nn.Linear does, over a leading member dimension when x has one."""
+    if x.dim() == 2:
+        return F.linear(x, weight, bias)
+    return torch.bmm(x, weight.mT) if bias is None else torch.baddbmm(bias, x, weight.mT)
+
+
+def lora_update(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, s) -> torch.Tensor:
+    """s * (x @ A^T) @ B^T: two thin matmuls through the rank bottleneck, never the (out, in)
+    update matrix."""
+    return s * linear(linear(x, A), B)
+
+
+def lora_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, A: torch.Tensor,
+                 B: torch.Tensor, s, x_dropped: torch.Tensor | None = None) -> torch.Tensor:
+    """LoRA: h = W0 x + b + s * B A x (LoRA paper eq. 3, with its scaling s, section 4.1).
+
+    With dropout (PEFT's ``lora_dropout``), ``x_dropped`` = dropout(x) feeds the adapter alone; the
+    frozen base path sees x.
+    """
+    return linear(x, weight, bias) + lora_update(x if x_dropped is None else x_dropped, A, B, s)
+
+
+def lora_weight(weight: torch.Tensor, A: torch.Tensor, B: torch.Tensor, s) -> torch.Tensor:
+    """W0 + s * B @ A, (..., out, in): formed only to merge it, or to take DoRA's norm of it."""
+    if weight.dim() == 2:
+        return torch.addmm(weight, B, A, alpha=s)  # one fused multiply-add
+    return weight + s * torch.bmm(B, A)  # a per-member s is a tensor, which addmm's alpha cannot be
+
+
+def dora_row_norm(weight: torch.Tensor, A: torch.Tensor, B: torch.Tensor, s, detach: bool) -> torch.Tensor:
+    """||W0 + s*B@A|| over each output row, (..., out): DoRA eq. 5's ||.||_c, one per entry of m.
+
+    Floored at NORM_EPS, so an all-zero row gives m / ||V|| = 0, not NaN. With ``detach`` the norm
+    is a constant to autograd (DoRA section 4.3): the gradient skips its term, and no graph is kept.
+    """
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
+        return row_norms(lora_weight(weight, A, B, s)).clamp_min(NORM_EPS)
+
+
+def dora_row_norm_expanded(weight: torch.Tensor, weight_norm_sq: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                           s, detach: bool) -> torch.Tensor:
+    """``dora_row_norm`` without forming V: with ||W0_o||^2 cached (``weight_norm_sq``, (..., 1, out)),
+
+        ||V_o||^2 = ||W0_o||^2 + 2s * sum_j B_oj (A W0^T)_jo + s^2 * sum_jk B_oj (A A^T)_jk B_ok,
+
+    the same FLOPs, but no (N, out, in) tensor written and read again every step: the population's
+    fast path (population.DEFAULT_NORM; tests hold it to ``dora_row_norm``).
+    """
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
+        cross = (B.mT * (A @ weight.mT)).sum(dim=-2, keepdim=True)
+        quadratic = (B.mT * ((A @ A.mT) @ B.mT)).sum(dim=-2, keepdim=True)
+        squared = weight_norm_sq + 2 * s * cross + s * s * quadratic
+        return squared.clamp_min(NORM_EPS**2).sqrt().squeeze(-2)  # a zero row: as dora_row_norm's floor
+
+
+def dora_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, A: torch.Tensor, B: torch.Tensor,
+                 s, magnitude: torch.Tensor, norm: torch.Tensor, x_dropped: torch.Tensor | None = None) -> torch.Tensor:
+    """DoRA: h = m * (W0 + s*B@A) / ||W0 + s*B@A|| x + b (DoRA eq. 5), with ``norm`` that row norm
+    (``dora_row_norm``, detached per section 4.3). The bias is added after the re-scaling, as in
+    the paper and PEFT: it is not part of the decomposed weight.
+
+    Computed as (m / ||V||) * (W0 x + s * B A x): scaling the output per row keeps the backward pass
+    low-rank, no (out, in) weight gradient is formed (the rebuilt-weight form took 1.27x the
+    instructions per step, measured).
+
+    With dropout, exactly as PEFT applies ``lora_dropout`` to DoRA (x_d = ``x_dropped``):
+
+        h = W0 x + b + (m/||V|| - 1) * (W0 x_d) + (m/||V||) * s * B A x_d
+
+    The frozen base sees x, as in LoRA; the DoRA terms see x_d: the adapter's update and the
+    re-scaling of the base, m/||V|| - 1, which is also learnt (peft PR 1474, by DoRA's author;
+    peft PR 2153 discusses why the correction takes x_d). With x_d = x it is the form above.
+    """
+    scale = (magnitude / norm).unsqueeze(-2)  # one factor per output feature, for every row of x
+    if x_dropped is not None:
+        return (linear(x, weight, bias) + (scale - 1) * linear(x_dropped, weight)
+                + scale * lora_update(x_dropped, A, B, s))
+    directed = linear(x, weight) + lora_update(x, A, B, s)
+    return directed * scale if bias is None else torch.addcmul(bias, directed, scale)
+
+
+def row_norms(weight: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each output row of an (..., out, in) weight: one entry per output feature.
+
+    Not over dim -2: that is the norm over input columns, a bug in one reference implementation.
+    """
+    return torch.linalg.vector_norm(weight, dim=-1)
+
+
+def applies_dropout(layer: nn.Module) -> bool:
+    """Whether this forward pass applies dropout: training mode with dropout > 0. Otherwise the
+    layer runs exactly the code it ran before dropout existed (nothing gets slower)."""
+    return layer.training and layer.dropout > 0
 
 
 class LoRALinear(nn.Module):
@@ -83,13 +190,8 @@ class LoRALinear(nn.Module):
         return self.base.out_features
 
     def merged_weight(self) -> torch.Tensor:
-        """W0 + s * B @ A, shape (out, in), in one fused multiply-add."""
-        return torch.addmm(self.base.weight, self.lora_B, self.lora_A, alpha=self.scaling)
-
-    def update(self, x: torch.Tensor) -> torch.Tensor:
-        """s * (x @ A^T) @ B^T: two thin matmuls through the rank bottleneck, never the (out, in)
-        update matrix."""
-        return self.scaling * F.linear(F.linear(x, self.lora_A), self.lora_B)
+        """W0 + s * B @ A, shape (out, in)."""
+        return lora_weight(self.base.weight, self.lora_A, self.lora_B, self.scaling)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -112,15 +214,11 @@ class LoRALinear(nn.Module):
         if self.merged != merged:
             raise RuntimeError(f"adapter is {'already' if self.merged else 'not'} merged")
 
-    def drops(self) -> bool:
-        """Whether this forward pass applies dropout: training mode with dropout > 0. Otherwise the
-        layer runs exactly the code it ran before dropout existed (nothing gets slower)."""
-        return self.training and self.dropout > 0
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
             return self.base(x)
-        return self.base(x) + self.update(self.lora_dropout(x) if self.drops() else x)
+        return lora_forward(x, self.base.weight, self.base.bias, self.lora_A, self.lora_B, self.scaling,
+                            self.lora_dropout(x) if applies_dropout(self) else None)
 
     def extra_repr(self) -> str:
         text = f"rank={self.rank}, alpha={self.alpha}, scaling={self.scaling_name} (s={self.scaling:g})"
@@ -162,10 +260,8 @@ class DoRALinear(LoRALinear):
         self.register_buffer("merge_zero_rows_w0", None, persistent=False)
 
     def weight_norm(self) -> torch.Tensor:
-        """||W0 + s*B@A|| per output row, floored at NORM_EPS; without autograd when detached (DoRA
-        section 4.3)."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach_norm):
-            return row_norms(super().merged_weight()).clamp_min(NORM_EPS)
+        """||W0 + s*B@A|| per output row (``dora_row_norm``)."""
+        return dora_row_norm(self.base.weight, self.lora_A, self.lora_B, self.scaling, self.detach_norm)
 
     def merged_weight(self) -> torch.Tensor:
         return (self.magnitude / self.weight_norm()).unsqueeze(1) * super().merged_weight()
@@ -192,39 +288,12 @@ class DoRALinear(LoRALinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
             return self.base(x)
-        scale = self.magnitude / self.weight_norm()
-        if self.drops():
-            return self.forward_dropout(x, scale)
-        # x @ W'^T = (m / ||V||) * (x @ W0^T + s * (x @ A^T) @ B^T), V = W0 + s*B@A. Scaling the
-        # output per row keeps the backward pass low-rank: no (out, in) weight gradient is formed,
-        # which made the rebuilt-weight form 1.27x the instructions per step of this one.
-        directed = F.linear(x, self.base.weight) + self.update(x)
-        return directed * scale if self.base.bias is None else torch.addcmul(self.base.bias, directed, scale)
-
-    def forward_dropout(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """DoRA with dropout on the adapter's input, exactly as PEFT applies ``lora_dropout`` to DoRA.
-
-            y = base(x) + (m/||V|| - 1) * (x_d @ W0^T) + (m/||V||) * s * B(A(x_d)),   x_d = dropout(x)
-
-        The frozen base sees x, as in LoRA; the DoRA terms see x_d: the adapter's update and the
-        re-scaling of the base, m/||V|| - 1, which is also learnt (peft PR 1474, by DoRA's author;
-        peft PR 2153 discusses why the correction takes x_d). The bias is in base(x), once, outside
-        the scaling. With x_d = x this is the fast form of ``forward`` (peft PR 2122 reuses base(x)
-        the same way when there is no dropout), so dropout changes nothing in eval mode.
-        """
-        x_d = self.lora_dropout(x)
-        return self.base(x) + (scale - 1) * F.linear(x_d, self.base.weight) + scale * self.update(x_d)
+        return dora_forward(x, self.base.weight, self.base.bias, self.lora_A, self.lora_B, self.scaling,
+                            self.magnitude, self.weight_norm(),
+                            self.lora_dropout(x) if applies_dropout(self) else None)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, detach_norm={self.detach_norm}"
-
-
-def row_norms(weight: torch.Tensor) -> torch.Tensor:
-    """L2 norm of each output row of an (out, in) weight: one entry per output feature.
-
-    Not dim=0: that is the norm over input columns, a bug in one reference implementation.
-    """
-    return torch.linalg.vector_norm(weight, dim=1)
 
 
 ADAPTERS = {"lora": LoRALinear, "dora": DoRALinear}  # keys: choices.ADAPTER_METHODS (tested)

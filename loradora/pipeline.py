@@ -37,7 +37,7 @@ from loradora.population import population_chunks
 from loradora.report import format_report, format_tuning
 from loradora.results import MethodResult, SeedResults
 from loradora.run_folder import MetricsLog, OutputUnavailable, create_run_dir, environment
-from loradora.stops import stop_from, stop_on_signals
+from loradora.stops import Received, stop_on_signals
 from loradora.tasks import shift_split, task_label
 from loradora.tensorboard import TensorBoardLog, TensorBoardUnavailable, require_tensorboard
 from loradora.training import evaluate, use_deterministic_algorithms
@@ -390,14 +390,14 @@ def execute(config: Config) -> int:
     except (ConfigError, TensorBoardUnavailable, LauncherUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    with stop_on_signals():  # after the launcher: ray.init sets a SIGTERM handler of its own
+    with stop_on_signals() as received:  # after the launcher: ray.init sets a SIGTERM handler of its own
         try:
-            return in_run_folder(config, device, launcher)
+            return in_run_folder(config, device, launcher, received)
         finally:
             launcher.close()  # a Ray runtime started for the run goes, with its workers
 
 
-def in_run_folder(config: Config, device: torch.device, launcher) -> int:
+def in_run_folder(config: Config, device: torch.device, launcher, received: Received) -> int:
     """The run from its folder on: make it, run the experiment, report; ``execute``'s exit code."""
     try:
         run_dir = create_run_dir(config.output.dir, config.output.run_name)
@@ -429,7 +429,7 @@ def in_run_folder(config: Config, device: torch.device, launcher) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as error:
-        stop = stop_from(error)
+        stop = received.stop(error)
         print(f"\ninterrupted by {stop.name}: {summary.close('interrupted')}", file=sys.stderr)
         return stop.exit_code
     except WriteFailed as error:

@@ -5,11 +5,12 @@ about 55 GFLOP/s where a large matrix product reaches about 90; on a GPU it is b
 launches). Stacking N models along a leading dimension turns each layer's N small matmuls into one
 ``torch.bmm``, so a phase of many seeds costs a fraction of training them one after another.
 
-A population is made *from* ordinary models and written back *into* them, so the adapter math has
-one source of truth: ``LoRALinear``/``DoRALinear`` initialise every member (``methods.prepare``),
-the stacked layers below repeat their forward pass in batched form (tests hold each member to
-training it alone, to 1e-12 in float64), and after training each member is unstacked into its own
-modules, where merge, save, PEFT export, the dM/dD tracker and the frozen-weight check run as usual.
+A population is made *from* ordinary models and written back *into* them: ``LoRALinear`` and
+``DoRALinear`` initialise every member (``methods.prepare``), the stacked layers below compute with
+the same functions as they do (``adapters.lora_forward``, ``dora_forward``: the maths is written
+once, batched over a leading member dimension), tests hold each member to training it alone (to
+1e-12 in float64), and after training each member is unstacked into its own modules, where merge,
+save, PEFT export, the dM/dD tracker and the frozen-weight check run as usual.
 
 Layout, from the measured prototype (issue 9):
 - Weights are stored transposed, (N, in, out), so ``baddbmm(bias, x, weight)`` needs no transpose
@@ -34,7 +35,8 @@ from torch import nn
 from tqdm import tqdm
 
 from loradora.adam import FusedAdam, MemberAdam
-from loradora.adapters import NORM_EPS, DoRALinear, LoRALinear
+from loradora.adapters import (DoRALinear, LoRALinear, applies_dropout, dora_forward, dora_row_norm,
+                               dora_row_norm_expanded, linear, lora_forward)
 from loradora.data import Split, shuffled_batches
 from loradora.training import divergence_message, synchronized_now
 
@@ -99,9 +101,7 @@ class StackedLinear(nn.Module):
                                  requires_grad=trainable) if has_bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.bias is None:
-            return torch.bmm(x, self.weight)
-        return torch.baddbmm(self.bias, x, self.weight)
+        return linear(x, self.weight.mT, self.bias)  # the (N, out, in) view: baddbmm on the storage
 
     @torch.no_grad()
     def write_back(self, layers: Sequence[nn.Linear]) -> None:
@@ -112,9 +112,11 @@ class StackedLinear(nn.Module):
 
 
 class StackedLoRA(nn.Module):
-    """N ``LoRALinear`` layers, ranks zero-padded to the largest: y = base(x) + s * (x @ A) @ B.
+    """N ``LoRALinear`` layers, ranks zero-padded to the largest, computed by ``adapters.lora_forward``.
 
-    A is stored as (N, in, rank) and B as (N, rank, out): the transposes of ``lora_A`` and ``lora_B``.
+    A is stored as (N, in, rank) and B as (N, rank, out), the transposes of ``lora_A`` and ``lora_B``
+    (as the base weight is, ``StackedLinear``); the maths takes them as (N, rank, in) and
+    (N, out, rank) views: ``A``, ``B``.
     """
 
     def __init__(self, adapters: Sequence[LoRALinear]):
@@ -130,16 +132,24 @@ class StackedLoRA(nn.Module):
         self.dropout = _same([adapter.dropout for adapter in adapters], "dropout")
         self.lora_dropout = nn.Dropout(self.dropout)
 
-    def drops(self) -> bool:
-        """Whether this pass applies dropout, as ``LoRALinear.drops``."""
-        return self.training and self.dropout > 0
+    @property
+    def weight(self) -> torch.Tensor:
+        """W0 as (N, out, in), a view."""
+        return self.base.weight.mT
 
-    def update(self, x: torch.Tensor) -> torch.Tensor:
-        """s * (x @ A) @ B, through the rank bottleneck, as ``LoRALinear.update``."""
-        return self.scaling * torch.bmm(torch.bmm(x, self.lora_A), self.lora_B)
+    @property
+    def A(self) -> torch.Tensor:
+        return self.lora_A.mT
+
+    @property
+    def B(self) -> torch.Tensor:
+        return self.lora_B.mT
+
+    def dropped(self, x: torch.Tensor) -> torch.Tensor | None:
+        return self.lora_dropout(x) if applies_dropout(self) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.update(self.lora_dropout(x) if self.drops() else x)
+        return lora_forward(x, self.weight, self.base.bias, self.A, self.B, self.scaling, self.dropped(x))
 
     @torch.no_grad()
     def write_back(self, adapters: Sequence[LoRALinear]) -> None:
@@ -153,12 +163,11 @@ class StackedLoRA(nn.Module):
 
 
 class StackedDoRA(StackedLoRA):
-    """N ``DoRALinear`` layers: y = (m / ||W0 + s*B@A||) * (x @ W0^T + s * (x @ A^T) @ B^T) + b.
+    """N ``DoRALinear`` layers, computed by ``adapters.dora_forward``; the magnitude m is (N, out).
 
-    The magnitude m is stored as (N, 1, out). ``norm`` chooses how the row norms are computed, both
-    exact: "direct" forms V = W0 + s*B@A, (N, in, out), as ``DoRALinear`` does; "expanded" uses
-    ||V_o||^2 = ||W0_o||^2 + 2s * sum_j B_oj (A W0^T)_jo + s^2 * sum_jk B_oj (A A^T)_jk B_ok with
-    ||W0||^2 cached, the same FLOPs but no (N, in, out) tensor written and read again.
+    ``norm`` chooses how the row norms are computed, both exact: "direct" forms V = W0 + s*B@A
+    (``adapters.dora_row_norm``), as ``DoRALinear`` does; "expanded" (``dora_row_norm_expanded``)
+    does not, with ||W0||^2 cached.
     """
 
     def __init__(self, adapters: Sequence[DoRALinear], norm: str = DEFAULT_NORM):
@@ -167,35 +176,24 @@ class StackedDoRA(StackedLoRA):
             raise ValueError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}")
         self.norm = norm
         self.detach_norm = _same([adapter.detach_norm for adapter in adapters], "detach_norm")
-        self.magnitude = nn.Parameter(torch.stack([adapter.magnitude.detach() for adapter in adapters]).unsqueeze(1))
+        self.magnitude = nn.Parameter(torch.stack([adapter.magnitude.detach() for adapter in adapters]))
         self.register_buffer("base_norm_sq", self.base.weight.detach().square().sum(dim=1, keepdim=True))
 
     def weight_norm(self) -> torch.Tensor:
-        """||W0 + s*B@A|| per output row, (N, 1, out); without autograd when detached (DoRA 4.3)."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach_norm):
-            if self.norm == "direct":
-                weight = self.base.weight + self.scaling * torch.bmm(self.lora_A, self.lora_B)
-                return torch.linalg.vector_norm(weight, dim=1, keepdim=True).clamp_min(NORM_EPS)
-            A, B, s = self.lora_A, self.lora_B, self.scaling
-            cross = (B * torch.bmm(A.transpose(1, 2), self.base.weight)).sum(dim=1, keepdim=True)
-            quadratic = (B * torch.bmm(torch.bmm(A.transpose(1, 2), A), B)).sum(dim=1, keepdim=True)
-            squared = self.base_norm_sq + 2 * s * cross + s.square() * quadratic
-            return squared.clamp_min(NORM_EPS**2).sqrt()  # a zero row: as DoRALinear's floor
+        """||W0 + s*B@A|| per output row, (N, out)."""
+        if self.norm == "direct":
+            return dora_row_norm(self.weight, self.A, self.B, self.scaling, self.detach_norm)
+        return dora_row_norm_expanded(self.weight, self.base_norm_sq, self.A, self.B, self.scaling, self.detach_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.magnitude / self.weight_norm()
-        if self.drops():  # as DoRALinear.forward_dropout: the base sees x, DoRA's terms dropout(x)
-            x_d = self.lora_dropout(x)
-            return self.base(x) + (scale - 1) * torch.bmm(x_d, self.base.weight) + scale * self.update(x_d)
-        directed = torch.bmm(x, self.base.weight) + self.update(x)
-        bias = self.base.bias
-        return directed * scale if bias is None else torch.addcmul(bias, directed, scale)
+        return dora_forward(x, self.weight, self.base.bias, self.A, self.B, self.scaling, self.magnitude,
+                            self.weight_norm(), self.dropped(x))
 
     @torch.no_grad()
     def write_back(self, adapters: Sequence[DoRALinear]) -> None:
         super().write_back(adapters)
         for i, adapter in enumerate(adapters):
-            adapter.magnitude.copy_(self.magnitude[i, 0])
+            adapter.magnitude.copy_(self.magnitude[i])
 
 
 class Population(nn.Module):

@@ -31,13 +31,24 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
-def stop_from(error: KeyboardInterrupt) -> Interrupted:
-    """``error`` as an ``Interrupted``: a plain KeyboardInterrupt is Ctrl-C's, raised by Python's own handler."""
-    return error if isinstance(error, Interrupted) else Interrupted(signal.SIGINT)
+class Received:
+    """The stop signal that arrived within ``stop_on_signals``, if any."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def stop(self, error: KeyboardInterrupt) -> Interrupted:
+        """``error`` as the ``Interrupted`` of the signal that raised it. Code that catches ours and
+        raises a KeyboardInterrupt of its own (Ray's ``get`` does, from its C++ signal check) loses
+        which signal it was; the handler noted it here. With no signal noted, it was Ctrl-C, through
+        Python's own handler."""
+        if isinstance(error, Interrupted):
+            return error
+        return Interrupted(self.signum if self.signum is not None else signal.SIGINT)
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[None]:
+def stop_on_signals() -> Iterator[Received]:
     """SIGINT and SIGTERM raise ``Interrupted`` within; the handlers before are back on exit.
 
     Installed after anything that sets handlers of its own (``ray.init`` makes SIGTERM call
@@ -46,8 +57,9 @@ def stop_on_signals() -> Iterator[None]:
     first stop signal, further ones are ignored, so that a second SIGTERM (``timeout``, then Slurm)
     cannot cut short the marking of the summary; SIGKILL still ends the process.
     """
+    received = Received()
     if threading.current_thread() is not threading.main_thread():  # only it may set handlers
-        yield
+        yield received
         return
     before = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     handled = [signum for signum, handler in before.items() if handler is not signal.SIG_IGN]
@@ -55,12 +67,13 @@ def stop_on_signals() -> Iterator[None]:
     def stop(signum, frame):
         for other in handled:
             signal.signal(other, signal.SIG_IGN)
+        received.signum = signum
         raise Interrupted(signum)
 
     for signum in handled:
         signal.signal(signum, stop)
     try:
-        yield
+        yield received
     finally:
         for signum in handled:
             # None: a handler set outside Python, which cannot be put back; the default is the nearest

@@ -11,7 +11,8 @@ from torch import nn
 
 from helpers import ALPHA, RANK, TOWER_PATTERNS, TOWER_TARGETS, Tower, nontrivial, rounding_bound
 from loradora.adapters import (DoRALinear, LoRALinear, add_adapters, adapter_layers, count_trainable_parameters,
-                               find_targets, lora_scaling, merge_adapters, unmerge_adapters)
+                               dora_forward, dora_row_norm, dora_row_norm_expanded, find_targets, lora_forward,
+                               lora_scaling, merge_adapters, unmerge_adapters)
 from loradora.model import MLP
 
 
@@ -207,7 +208,7 @@ def test_dropout_acts_in_training_only(cls):
 
 
 def test_dora_dropout_form_equals_the_fast_form_when_nothing_is_dropped():
-    # forward_dropout with x_d = x must be the fast form rewritten: same outputs and gradients.
+    # dora_forward's dropout form with x_d = x must be the fast form rewritten: same outputs and gradients.
     fast = nontrivial(DoRALinear(nn.Linear(20, 7), RANK, ALPHA, dropout=0.5, detach_norm=False))
     corrected = copy.deepcopy(fast)
     corrected.lora_dropout = nn.Identity()  # training mode takes the dropout form, keeping every input
@@ -277,3 +278,68 @@ def test_dora_merge_and_unmerge_with_zero_magnitudes():
     torch.testing.assert_close(layer.base.weight, base_weight, atol=1e-6, rtol=0)
     assert torch.equal(layer.base.weight[2], base_weight[2])  # copied back, not divided by m = 0
     torch.testing.assert_close(layer(x), expected, atol=1e-5 * expected.abs().max().item(), rtol=0)
+
+
+# The maths is written once (adapters.lora_forward, dora_forward, dora_row_norm): for one layer's
+# tensors, and batched over a leading member dimension for a population's.
+
+
+def member_tensors(n_members: int = 3, n_in: int = 20, n_out: int = 7, rank: int = RANK):
+    """Per member: x, W0, b, A, B != 0, m away from ||W0||, and s != 1; float64."""
+    generator = torch.Generator().manual_seed(4)
+    members = []
+    for i in range(n_members):
+        weight = torch.randn(n_out, n_in, generator=generator, dtype=torch.float64)
+        members.append(dict(x=torch.randn(16, n_in, generator=generator, dtype=torch.float64), weight=weight,
+                            bias=torch.randn(n_out, generator=generator, dtype=torch.float64),
+                            A=torch.randn(rank, n_in, generator=generator, dtype=torch.float64),
+                            B=0.3 * torch.randn(n_out, rank, generator=generator, dtype=torch.float64),
+                            magnitude=weight.norm(dim=1) * (1.5 - torch.rand(n_out, generator=generator,
+                                                                             dtype=torch.float64)),
+                            s=lora_scaling(rank, ALPHA + i)))
+    return members
+
+
+def stacked(members: list[dict]) -> dict:
+    """The members' tensors with a leading member dimension, as a population holds them."""
+    batched = {key: torch.stack([m[key] for m in members]) for key in ("x", "weight", "A", "B", "magnitude")}
+    return {**batched, "bias": torch.stack([m["bias"] for m in members]).unsqueeze(1),
+            "s": torch.tensor([m["s"] for m in members], dtype=torch.float64).view(-1, 1, 1)}
+
+
+def test_dora_forward_is_eq_5_for_one_layer_and_for_each_member():
+    members = member_tensors()
+    for m in members:
+        norm = dora_row_norm(m["weight"], m["A"], m["B"], m["s"], detach=True)
+        ours = dora_forward(m["x"], m["weight"], m["bias"], m["A"], m["B"], m["s"], m["magnitude"], norm)
+        torch.testing.assert_close(ours, paper_dora(**{k: m[k] for k in ("x", "weight", "bias", "A", "B",
+                                                                       "magnitude", "s")}), rtol=1e-12, atol=0)
+    p = stacked(members)
+    for norm in (dora_row_norm(p["weight"], p["A"], p["B"], p["s"], detach=True),
+                 dora_row_norm_expanded(p["weight"], p["weight"].square().sum(dim=-1).unsqueeze(-2), p["A"], p["B"],
+                                        p["s"], detach=True)):
+        together = dora_forward(p["x"], p["weight"], p["bias"], p["A"], p["B"], p["s"], p["magnitude"], norm)
+        for i, m in enumerate(members):
+            expected = paper_dora(**{k: m[k] for k in ("x", "weight", "bias", "A", "B", "magnitude", "s")})
+            torch.testing.assert_close(together[i], expected, rtol=1e-12, atol=0)
+
+
+def test_lora_forward_is_the_low_rank_update_for_one_layer_and_for_each_member():
+    members = member_tensors()
+    p = stacked(members)
+    together = lora_forward(p["x"], p["weight"], p["bias"], p["A"], p["B"], p["s"])
+    for i, m in enumerate(members):
+        expected = m["x"] @ (m["weight"] + m["s"] * m["B"] @ m["A"]).T + m["bias"]
+        torch.testing.assert_close(lora_forward(m["x"], m["weight"], m["bias"], m["A"], m["B"], m["s"]), expected,
+                                   rtol=1e-12, atol=0)
+        torch.testing.assert_close(together[i], expected, rtol=1e-12, atol=0)
+
+
+def test_the_row_norm_is_over_each_output_row_and_detached_when_asked():
+    # Regression: one reference took the norm over input columns (dim=0), giving in_features entries.
+    m = member_tensors(1)[0]
+    A = m["A"].clone().requires_grad_()
+    norm = dora_row_norm(m["weight"], A, m["B"], m["s"], detach=False)
+    assert norm.shape == (7,)
+    torch.testing.assert_close(norm, (m["weight"] + m["s"] * m["B"] @ A).norm(dim=1), rtol=1e-12, atol=0)
+    assert norm.requires_grad and not dora_row_norm(m["weight"], A, m["B"], m["s"], detach=True).requires_grad

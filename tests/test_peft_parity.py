@@ -124,7 +124,7 @@ def test_dropout_in_eval_mode_matches_peft(method):
 @pytest.mark.parametrize("scaling", ["standard", "rslora"])
 def test_dropout_in_train_mode_matches_peft_with_the_same_masks(method, scaling):
     # PEFT's DoRA applies dropout to the adapter and to the correction of the base path, not to the
-    # base path itself (loradora/adapters.py, DoRALinear.forward_dropout); so does ours.
+    # base path itself (loradora/adapters.py, dora_forward); so does ours.
     ours, theirs = twins(Tower(), method, scaling, TOWER_TARGETS, TOWER_TARGETS, dropout=0.3)
     ours.train(), theirs.train()
     x = torch.randn(32, 12)

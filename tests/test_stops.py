@@ -4,7 +4,7 @@ import signal
 
 import pytest
 
-from loradora.stops import Interrupted, stop_from, stop_on_signals
+from loradora.stops import Interrupted, Received, stop_on_signals
 
 
 @pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -44,4 +44,16 @@ def test_a_signal_ignored_when_the_run_started_stays_ignored():
 
 
 def test_python_s_own_ctrl_c_is_sigint():
-    assert stop_from(KeyboardInterrupt()).exit_code == 130
+    assert Received().stop(KeyboardInterrupt()).exit_code == 130
+
+
+def test_a_stop_turned_into_a_plain_keyboard_interrupt_keeps_its_signal():
+    # Regression: Ray's get turns the handler's exception into a KeyboardInterrupt of its own, and
+    # a SIGTERM with the Ray launcher exited 130, "interrupted by SIGINT".
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        with stop_on_signals() as received:
+            try:
+                signal.raise_signal(signal.SIGTERM)
+            except Interrupted:
+                raise KeyboardInterrupt from None
+    assert type(stopped.value) is KeyboardInterrupt and received.stop(stopped.value).exit_code == 143
