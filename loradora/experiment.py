@@ -19,24 +19,41 @@ from loradora.analysis import DecompositionPoint, DecompositionTracker, fit_deco
 from loradora.results import MethodResult, SeedResults, aggregate_method
 from loradora.stats import paired_difference, spread, t_quantile_975, verdict
 
-@dataclass
+@dataclass(frozen=True)
 class Variant:
-    name: str          # the key in summary.json: "lora", or "lora_r8" in a rank sweep
-    method: str | None  # lora, dora, full or head; None for the pretraining and the untuned base
-    adapter: dict = dataclasses.field(default_factory=dict)  # rank, alpha, scaling, dropout (and
-    # detach_norm) for the adapters; empty for the rest
+    """What one phase trains, as fields: code groups and pairs variants by them, never by their name."""
+    method: str | None    # lora, dora, full or head; None for the pretraining and the untuned base
+    adapter: dict = dataclasses.field(default_factory=dict, hash=False)  # rank, alpha, scaling,
+    # dropout (and detach_norm) for the adapters; empty for the rest
+    swept: bool = False   # one of experiment.ranks: the rank is part of the name
+    rates: str = "tuned"  # "tuned": the run's own rate (chosen on validation, or finetune.lr);
+    # "shared": the shared finetune.lr, beside tuned ones (RATE_FAMILIES)
+    label: str | None = None  # the name of a phase that is no method: "pretrained", "no_finetune"
+
+    @property
+    def name(self) -> str:
+        """Its key in summary.json and its label in the output: "lora", "lora_r8", "lora_r8@shared"."""
+        if self.label is not None:
+            return self.label
+        name = f"{self.method}_r{self.adapter['rank']}" if self.swept else self.method
+        return name if self.rates == "tuned" else f"{name}@{self.rates}"
+
+    def at_shared_rate(self) -> "Variant":
+        return dataclasses.replace(self, rates="shared")
 
     def settings(self) -> dict:
-        """The MethodResult fields that say what was trained: method, rank, alpha, scaling, s."""
+        """The MethodResult fields that say what was trained: method, rank, alpha, scaling, s, rates."""
+        rates = None if self.method is None else self.rates
         if not self.adapter:
-            return {"method": self.method, "rank": None, "alpha": None, "scaling": None, "s": None}
+            return {"method": self.method, "rank": None, "alpha": None, "scaling": None, "s": None, "rates": rates}
         rank, alpha, scaling = self.adapter["rank"], self.adapter["alpha"], self.adapter["scaling"]
         return {"method": self.method, "rank": rank, "alpha": alpha, "scaling": scaling,
-                "s": lora_scaling(rank, alpha, scaling)}
+                "s": lora_scaling(rank, alpha, scaling), "rates": rates}
 
 
-PRETRAINED = Variant("pretrained", None)     # the base: every weight trained on plain MNIST
-NO_FINETUNE = Variant("no_finetune", None)   # that base scored on a shifted task, before fine-tuning
+RATE_FAMILIES = ("tuned", "shared")
+PRETRAINED = Variant(None, label="pretrained")     # the base: every weight trained on plain MNIST
+NO_FINETUNE = Variant(None, label="no_finetune")   # that base scored on a shifted task, before fine-tuning
 
 
 def finetune_variants(config) -> list[Variant]:
@@ -46,13 +63,13 @@ def finetune_variants(config) -> list[Variant]:
     variants = []
     for method in config.finetune.methods:
         if method not in ADAPTERS:
-            variants.append(Variant(method, method, {}))
+            variants.append(Variant(method))
             continue
         settings = dataclasses.asdict(getattr(config, method))
         if ranks is None:
-            variants.append(Variant(method, method, settings))
+            variants.append(Variant(method, settings))
         else:
-            variants += [Variant(f"{method}_r{rank}", method, {**settings, "rank": rank}) for rank in ranks]
+            variants += [Variant(method, {**settings, "rank": rank}, swept=True) for rank in ranks]
     return variants
 
 
@@ -101,22 +118,32 @@ def aggregate(runs: list[SeedResults], margin: float = 0.05) -> dict:
     }
 
 
-def adapter_pairs(names: list[str]) -> list[tuple[str, str]]:
-    """(dora, lora) variant names that share a rank: ("dora", "lora") or ("dora_r8", "lora_r8")."""
-    return [(name, "lora" + name.removeprefix("dora")) for name in names
-            if name.startswith("dora") and "lora" + name.removeprefix("dora") in names]
+def adapter_pairs(methods: dict[str, MethodResult]) -> list[tuple[str, str]]:
+    """(dora, lora) variant names compared with each other, by their records' fields: within a rate
+    family, DoRA and LoRA at the same rank; or the one DoRA with the one LoRA, whatever their ranks
+    (lora.rank and dora.rank may differ; the report then says the pair is not like for like)."""
+    pairs = []
+    for rates in RATE_FAMILIES:
+        of = {method: {result.rank: name for name, result in methods.items()
+                       if result.method == method and result.rates == rates} for method in ("dora", "lora")}
+        if len(of["dora"]) == len(of["lora"]) == 1:
+            pairs.append((*of["dora"].values(), *of["lora"].values()))
+        else:
+            pairs += [(name, of["lora"][rank]) for rank, name in of["dora"].items() if rank in of["lora"]]
+    return pairs
 
 
 def compare_adapters(runs: list[SeedResults], margin: float = 0.05) -> dict:
     """DoRA - LoRA test accuracy, paired by seed, per rank; empty with fewer than 2 seeds.
 
     A rank sweep asks its question once per rank, so its intervals are Bonferroni-adjusted for the
-    number of ranks (``stats.paired_difference``); variants at the shared lr ("@shared") are a
-    family of their own.
+    number of ranks (``stats.paired_difference``); variants at the shared lr are a family of their
+    own.
     """
     comparisons = {}
-    pairs = adapter_pairs(list(runs[0].methods))
-    family_size = {pair: sum(family(other) == family(pair[0]) for other, _ in pairs) for pair in pairs}
+    first = runs[0].methods
+    pairs = adapter_pairs(first)
+    family_size = {pair: sum(first[other].rates == first[pair[0]].rates for other, _ in pairs) for pair in pairs}
     for dora, lora in pairs:
         paired = [run.methods for run in runs if finished(run.methods, dora) and finished(run.methods, lora)]
         if len(paired) < 2:
@@ -124,20 +151,16 @@ def compare_adapters(runs: list[SeedResults], margin: float = 0.05) -> dict:
         difference = paired_difference([methods[dora].test_accuracy for methods in paired],
                                        [methods[lora].test_accuracy for methods in paired],
                                        comparisons=family_size[dora, lora])
-        ranks = {"dora": runs[0].methods[dora].rank, "lora": runs[0].methods[lora].rank}
+        ranks = {"dora": first[dora].rank, "lora": first[lora].rank}
         names = (f"DoRA (rank {ranks['dora']})", f"LoRA (rank {ranks['lora']})") \
             if ranks["dora"] != ranks["lora"] else ("DoRA", "LoRA")
         comparisons[f"{dora} - {lora}"] = {
-            **difference.to_dict(), "unit": "accuracy points", "ranks": ranks, "margin": margin,
+            **difference.to_dict(), "unit": "accuracy points", "ranks": ranks, "rates": first[dora].rates,
+            "margin": margin,
             "adjustment": f"Bonferroni over {family_size[dora, lora]} ranks" if family_size[dora, lora] > 1 else None,
             "verdict": verdict(difference, *names, margin=margin),
         }
     return comparisons
-
-
-def family(name: str) -> str:
-    """The lr family of a variant name: "" for the tuned (or only) runs, "@shared" for the shared lr."""
-    return name.partition("@")[2]
 
 
 def finished(methods: dict[str, MethodResult], name: str) -> bool:

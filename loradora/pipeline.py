@@ -221,7 +221,7 @@ class Experiment:
             if shared_too:
                 self.at_shared_rate(runs, bases, task, variants, rates)
         # the table order of a one-seed-at-a-time run, each variant's shared-rate runs beside it
-        order = [name for variant in self.variants for name in (variant.name, f"{variant.name}@shared")]
+        order = [name for variant in self.variants for name in (variant.name, variant.at_shared_rate().name)]
         for result in runs:
             result.methods = dict(sorted(result.methods.items(),
                                          key=lambda item: order.index(item[0]) if item[0] in order else -1))
@@ -233,15 +233,15 @@ class Experiment:
         """``variants`` at the shared ``finetune.lr`` as "<variant>@shared", for every seed: trained
         where the grid chose another rate, the tuned runs themselves where it chose that one."""
         shared = self.config.finetune.lr
-        again = [dataclasses.replace(variant, name=f"{variant.name}@shared") for variant in variants
-                 if rates[variant.name] != shared]
+        again = [variant.at_shared_rate() for variant in variants if rates[variant.name] != shared]
         if again:
             self.finetune_populations(runs, bases, task, again, {variant.name: shared for variant in again}, None)
         for variant in variants:
             if rates[variant.name] == shared:
                 for result in runs:
                     tuned = result.methods[variant.name]
-                    result.methods[f"{variant.name}@shared"] = dataclasses.replace(tuned, files={}, file_checks=None)
+                    result.methods[variant.at_shared_rate().name] = dataclasses.replace(
+                        tuned, rates="shared", files={}, file_checks=None)
 
     def finetune_populations(self, runs: list[SeedResults], bases: list, task: Splits, variants: list[Variant],
                              rates: dict[str, float], run_dir: Path | None) -> None:

@@ -199,8 +199,8 @@ def draw_accuracy_vs_rank(summary: dict) -> Figure:
 
     if with_differences:
         ax = axes[1]
-        rows = sorted(((methods[pair.split(" - ")[0]].rank, c) for pair, c in comparisons.items()
-                       if "@" not in pair), key=lambda row: row[0])  # the tuned runs; "@shared" ones are another family
+        rows = sorted(((c["ranks"]["dora"], c) for c in comparisons.values()
+                       if c["rates"] == "tuned"), key=lambda row: row[0])  # the shared-rate runs are another family
         ranks = [rank for rank, _ in rows]
         means = [c["mean"] for _, c in rows]
         # the interval the verdict reads: Bonferroni-widened when several ranks are compared

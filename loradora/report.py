@@ -146,7 +146,7 @@ def arrow(sentence: str) -> str:
 
 def several_intervals(comparisons: dict) -> str:
     """One sentence for a sweep's intervals, which are Bonferroni-adjusted: together they hold at 95%."""
-    ranked = {name: c for name, c in comparisons.items() if "@" not in name}
+    ranked = {name: c for name, c in comparisons.items() if c["rates"] == "tuned"}
     excluding = [name for name, c in ranked.items() if c["excludes_zero"]]
     n, first = len(ranked), next(iter(ranked.values()))
     adjusted = (f"each interval at {100 * first['confidence']:.4g}% (Bonferroni over {n} ranks), so that the {n} "
@@ -162,7 +162,7 @@ def format_rank_table(summary: dict) -> str:
     methods, comparisons = summary["methods"], summary["comparisons"]
     by_rank = {}
     for name, result in methods.items():
-        if result.method in ("lora", "dora") and "@" not in name:  # the tuned runs, not "@shared"
+        if result.method in ("lora", "dora") and result.rates == "tuned":  # not the shared-rate runs
             by_rank.setdefault(result.rank, {})[result.method] = (name, result)
     level = next((interval_label(c) for c in comparisons.values()), "95% CI")
     header = ("rank", "lora params", "lora accuracy", "dora params", "dora accuracy",

@@ -31,6 +31,7 @@ class MethodResult:
     alpha: float | None
     scaling: str | None
     s: float | None          # the update's scaling, from rank, alpha and scaling
+    rates: str | None        # tuned (the run's own rate) or shared (finetune.lr beside tuned ones); None unless fine-tuned
     lr: float | None         # the rate it trained at (chosen on the validation split, with experiment.lrs)
     epochs: int
     n_train: int
@@ -57,7 +58,7 @@ class SeedResults:
 
 
 # How the seeds of a method add up (aggregate_method), every MethodResult field named once:
-SHARED = ("method", "rank", "alpha", "scaling", "s", "lr", "epochs", "n_train", "n_test", "trainable_params")
+SHARED = ("method", "rank", "alpha", "scaling", "s", "rates", "lr", "epochs", "n_train", "n_test", "trainable_params")
 AVERAGED = ("test_accuracy", "train_seconds")  # over the seeds that finished; test_accuracy also its std
 COUNTED = ("diverged",)                         # n_diverged; diverged = on every seed
 PER_SEED = ("error", "test_correct", "train_accuracy", "cached", "files", "file_checks")  # in runs[i] only
@@ -71,6 +72,7 @@ class OverSeeds:
     alpha: float | None
     scaling: str | None
     s: float | None
+    rates: str | None
     lr: float | None
     epochs: int
     n_train: int

@@ -69,8 +69,10 @@ def rounding_bound(reference: torch.Tensor) -> float:
 
 
 def method_result(**fields) -> MethodResult:
-    """A finished one-seed MethodResult with plain values, ``fields`` replacing them."""
-    plain = dict(method=None, rank=None, alpha=None, scaling=None, s=None, lr=0.005, epochs=1, n_train=1_000,
+    """A finished one-seed MethodResult with plain values, ``fields`` replacing them; a method's
+    runs are at its tuned rates unless ``rates`` says otherwise."""
+    plain = dict(method=None, rank=None, alpha=None, scaling=None, s=None,
+                 rates="tuned" if fields.get("method") is not None else None, lr=0.005, epochs=1, n_train=1_000,
                  n_test=100, trainable_params=10, diverged=False, error=None, test_accuracy=90.0, test_correct=90,
                  train_accuracy=90.0, train_seconds=1.0)
     return MethodResult(**{**plain, **fields})

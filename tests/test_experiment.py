@@ -58,8 +58,23 @@ def test_variants_of_a_rank_sweep():
     assert [v.name for v in variants] == ["lora_r1", "lora_r8", "dora_r1", "dora_r8", "head"]
     assert variants[3].adapter["rank"] == 8 and variants[3].adapter["alpha"] == 3.0
     assert variants[3].settings()["s"] == 3.0 / 8
-    assert variants[4].settings() == {"method": "head", "rank": None, "alpha": None, "scaling": None, "s": None}
-    assert adapter_pairs([v.name for v in variants]) == [("dora_r1", "lora_r1"), ("dora_r8", "lora_r8")]
+    assert variants[4].settings() == {"method": "head", "rank": None, "alpha": None, "scaling": None, "s": None,
+                                      "rates": "tuned"}
+    shared = [variant.at_shared_rate() for variant in variants]
+    assert [v.name for v in shared] == ["lora_r1@shared", "lora_r8@shared", "dora_r1@shared", "dora_r8@shared",
+                                        "head@shared"]
+    results = {v.name: method_result(**v.settings()) for v in [*variants, *shared]}
+    assert adapter_pairs(results) == [("dora_r1", "lora_r1"), ("dora_r8", "lora_r8"),
+                                      ("dora_r1@shared", "lora_r1@shared"), ("dora_r8@shared", "lora_r8@shared")]
+
+
+def test_variants_pair_by_their_fields_not_their_names():
+    # Regression: pairs came from parsing names ("dora_r8" -> "lora_r8", "@shared" split off).
+    results = {"a": method_result(method="dora", rank=8, rates="tuned"),
+               "b": method_result(method="lora", rank=8, rates="shared"),
+               "c": method_result(method="lora", rank=8, rates="tuned"),
+               "d": method_result(method="dora", rank=8, rates="shared")}
+    assert adapter_pairs(results) == [("a", "c"), ("d", "b")]
 
 
 @pytest.mark.parametrize("override,message", [

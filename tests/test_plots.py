@@ -144,7 +144,9 @@ def test_accuracy_by_rank_keeps_its_legend_outside_and_the_adapters_apart():
                 "head": over_seeds(method="head", test_accuracy=97.2, test_accuracy_std=None)}
     summary = {"methods": methods, "seeds": [1, 2, 3], "config": {"experiment": {"ranks": [1, 2, 4]}},
                "comparisons": {f"dora_r{rank} - lora_r{rank}": {"mean": 0.05, "ci95": [-0.1, 0.2], "ci": [-0.15, 0.25],
-                                                                "confidence": 1 - 0.05 / 3} for rank in (1, 2, 4)}}
+                                                                "confidence": 1 - 0.05 / 3, "rates": "tuned",
+                                                                "ranks": {"dora": rank, "lora": rank}}
+                               for rank in (1, 2, 4)}}
     assert plots.is_rank_sweep(summary)
     accuracy, difference = drawn(plots.draw_accuracy_vs_rank(summary))
     assert legends_clear_of_the_data([accuracy])
