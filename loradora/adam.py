@@ -10,7 +10,7 @@ holds the two to the same bits.
 which the fused kernel cannot: the update written out, with the rate broadcast over members.
 
 Both keep torch's state layout, ``state[parameter] = {"step", "exp_avg", "exp_avg_sq"}``, so a
-population that drops a member can carry the others' moments over (population._Trainer.keep).
+population that drops a member can carry the others' moments over (population.PopulationStep.keep).
 """
 
 import math

@@ -25,20 +25,17 @@ Layout, from the measured prototype (issue 9):
 """
 
 import math
-import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from loradora.adam import FusedAdam, MemberAdam
 from loradora.adapters import (DoRALinear, LoRALinear, applies_dropout, dora_forward, dora_row_norm,
                                dora_row_norm_expanded, linear, lora_forward)
-from loradora.data import Split, shuffled_batches
-from loradora.training import divergence_message, synchronized_now
+from loradora.data import Split
+from loradora.training import MemberRun, train_members
 
 NORMS = ("direct", "expanded")
 # The expanded norm, measured per member on the 2-core CPU (full epochs, rank 4,
@@ -254,118 +251,22 @@ def _same(values: list, what: str):
     return values[0]
 
 
-@dataclass
-class MemberRun:
-    """What training did to one member: its epoch records (as ``train`` returns them), or why it stopped."""
-    epoch_records: list[dict]
-    diverged: str | None = None  # the divergence message, when its loss went non-finite or above max_loss
-
-
 def train_population(population: Population, data: Split, *, epochs: int, batch_size: int,
-                     lr: float | Sequence[float],
-                     generators: Sequence[torch.Generator], log: Callable[[dict[int, dict]], None],
-                     log_every: int, max_loss: float = math.inf,
+                     lr: float | Sequence[float], generators: Sequence[torch.Generator],
+                     log: Callable[[dict[int, dict]], None], log_every: int, max_loss: float = math.inf,
                      observe: Callable[[int, list[int]], None] | None = None,
                      observe_every: int | None = None) -> list[MemberRun]:
-    """Adam on each member's own cross-entropy, every member at once; one ``MemberRun`` per member.
-
-    The counterpart of ``training.train`` for a population: member i draws its batch order from
-    ``generators[i]``, and its records are those ``train`` would make for it alone, except that an
-    epoch's ``seconds`` is the population's divided by its members (the per-member cost). ``log``
-    receives {member index: record} at every ``log_every``-th batch and at each epoch's end. A
-    member whose worst loss so far is non-finite or above ``max_loss`` at a logged batch is
-    diverged: it is taken out of the population (its weights as they were) and the others go on.
-    ``lr`` is one rate for every member or one per member. ``observe(step, alive)`` runs after
-    every ``observe_every``-th step with the members written back into their modules; ``alive``
-    lists the indices still training. The members' modules hold their trained weights on return.
-    """
-    device = data.images.device
-    runs = [MemberRun([]) for _ in range(len(population))]
-    alive = list(range(len(population)))
-    trainer = _Trainer(population, list(lr) if isinstance(lr, Sequence) else [lr] * len(population))
-    step = 0
-    for epoch in range(1, epochs + 1):
-        # (steps, N, batch) indices: each member's own permutation, split into the same batch sizes
-        tally = _EpochTally(alive, list(zip(*(shuffled_batches(len(data), batch_size, generators[i], device)
-                                             for i in alive))))
-        n_started, n_batches = len(alive), len(tally.batches)
-        start, paused = synchronized_now(device), 0.0
-        progress = tqdm(range(n_batches), desc=f"epoch {epoch}/{epochs}", leave=False, disable=not sys.stdout.isatty())
-        for batch in progress:
-            indices = torch.stack(tally.batches[batch])
-            images, labels = data.images[indices], data.labels[indices]
-            losses, logits = trainer.step(images, labels)
-            step += 1
-            tally.add(losses, logits, labels)
-            if batch % log_every == 0 or batch == n_batches - 1:
-                diverged = tally.diverged(max_loss)
-                for j in diverged:
-                    runs[alive[j]].diverged = divergence_message(tally.worst_loss[j].item(), max_loss, epoch, batch)
-                if diverged:
-                    kept = [j for j in range(len(alive)) if j not in diverged]
-                    if not kept:  # every member diverged: nothing left to train
-                        population.write_back()
-                        return runs
-                    population, losses = trainer.keep(kept), losses[kept]
-                    tally.keep(kept)
-                    alive = tally.alive
-            if batch % log_every == 0:
-                log({i: {"kind": "batch", "epoch": epoch, "epochs": epochs, "batch": batch, "batches": n_batches,
-                         "loss": loss} for i, loss in zip(alive, losses.tolist())})
-            if observe is not None and observe_every and step % observe_every == 0:
-                pause = synchronized_now(device)
-                population.write_back()
-                observe(step, alive)
-                paused += synchronized_now(device) - pause
-        seconds = (synchronized_now(device) - start - paused) / n_started
-        records = tally.epoch_records(epoch, epochs, len(data), seconds)
-        for i, record in records.items():
-            runs[i].epoch_records.append(record)
-        log(records)
-    population.write_back()
-    return runs
+    """``training.train_members`` for ``population``, at one rate ``lr`` or one per member: member i's
+    records are those ``training.train`` would make for it alone, except that an epoch's
+    ``seconds`` is the population's divided by its members."""
+    lrs = list(lr) if isinstance(lr, Sequence) else [lr] * len(population)
+    return train_members(PopulationStep(population, lrs), data, epochs=epochs, batch_size=batch_size,
+                         generators=generators, log=log, log_every=log_every, max_loss=max_loss, observe=observe,
+                         observe_every=observe_every)
 
 
-class _EpochTally:
-    """What an epoch accumulates for the members still training: row j is member ``alive[j]``."""
-
-    def __init__(self, alive: list[int], batches: list[tuple[torch.Tensor, ...]]):
-        device = batches[0][0].device
-        self.alive, self.batches = alive, batches  # batches: per step, each member's indices
-        self.batch_losses: list[torch.Tensor] = []   # per step, (members,)
-        self.correct = torch.zeros(len(alive), dtype=torch.long, device=device)
-        self.worst_loss = torch.zeros(len(alive), device=device)  # torch.maximum keeps a NaN
-
-    def add(self, losses: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        self.batch_losses.append(losses)
-        self.correct += (logits.argmax(dim=2) == labels).sum(dim=1)
-        self.worst_loss = torch.maximum(self.worst_loss, losses)
-
-    def diverged(self, max_loss: float) -> list[int]:
-        """The rows whose worst loss so far is above ``max_loss``, or NaN."""
-        return [j for j, worst in enumerate(self.worst_loss.tolist()) if not worst <= max_loss]
-
-    def keep(self, rows: list[int]) -> None:
-        """Drop every row not in ``rows``, from what has been tallied and from the batches to come."""
-        index = torch.tensor(rows, device=self.correct.device)
-        self.alive = [self.alive[j] for j in rows]
-        self.batches = [tuple(step[j] for j in rows) for step in self.batches]
-        self.batch_losses = [losses[index] for losses in self.batch_losses]
-        self.correct, self.worst_loss = self.correct[index], self.worst_loss[index]
-
-    def epoch_records(self, epoch: int, epochs: int, n_train: int, seconds: float) -> dict[int, dict]:
-        """Each member's epoch record, as ``training.train`` makes it for one model."""
-        losses = torch.stack(self.batch_losses, dim=1)  # (members, steps)
-        batch_sizes = torch.tensor([len(step[0]) for step in self.batches], device=losses.device)
-        mean_losses = ((losses * batch_sizes).sum(dim=1) / n_train).tolist()
-        return {i: {"kind": "epoch", "epoch": epoch, "epochs": epochs, "loss": mean_losses[j],
-                    "train_accuracy": 100.0 * self.correct[j].item() / n_train, "n_train": n_train,
-                    "seconds": seconds, "batch_losses": losses[j].tolist()}
-                for j, i in enumerate(self.alive)}
-
-
-class _Trainer:
-    """Adam over the population's stacked parameters, and the step that uses it.
+class PopulationStep:
+    """Adam over the population's stacked parameters, and the step that uses it (``training.Step``).
 
     One rate for all members: the fused Adam ``training.train`` uses (elementwise, so one Adam over
     stacked tensors is N Adams). A rate per member (a learning-rate grid trained as one
@@ -383,8 +284,12 @@ class _Trainer:
             return FusedAdam(parameters, lr=self.lrs[0])
         return MemberAdam(parameters, self.lrs)
 
-    def step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimiser step on (N, batch, 784) images; returns each member's loss (N,) and the logits."""
+    def __len__(self) -> int:
+        return len(self.population)
+
+    def step(self, data: Split, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimiser step on each member's batch; each member's loss (N,), the logits and labels."""
+        images, labels = data.images[indices], data.labels[indices]
         logits = self.population(images)
         n, batch, classes = logits.shape
         # mean over each member's batch, as F.cross_entropy does for one model; the sum over members
@@ -394,9 +299,12 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
         self.optimizer.step()
-        return losses.detach(), logits.detach()
+        return losses.detach(), logits.detach(), labels
 
-    def keep(self, rows: list[int]) -> Population:
+    def write_back(self) -> None:
+        self.population.write_back()
+
+    def keep(self, rows: list[int]) -> None:
         """Drop every member not in ``rows``: write all back, restack the kept ones, carry their Adam state."""
         old, old_optimizer = self.population, self.optimizer
         old.write_back()
@@ -411,7 +319,6 @@ class _Trainer:
                 self.optimizer.state[new_p] = {key: value.clone() if key == "step" else value[index].clone()
                                                for key, value in old_optimizer.state[old_p].items()}
         self.population.train()
-        return self.population
 
 
 def _norm(population: Population) -> str:

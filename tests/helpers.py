@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from loradora.adapters import DoRALinear, LoRALinear
+from loradora.data import shuffled_batches
 from loradora.results import MethodResult, SeedResults
 
 RANK, ALPHA = 3, 7.0  # alpha != rank, so every scaling convention gives s != 1
@@ -118,3 +119,21 @@ def named(filename: str):
 def under(folder: Path):
     """For ``fail_writes``: ``folder`` and everything in it."""
     return lambda path: path == folder or folder in path.parents
+
+
+def reference_losses(model: nn.Module, data, seed: int, epochs: int, lr: float, batch_size: int) -> list[float]:
+    """Every batch loss of the plainest training loop: torch's own Adam (its fused kernel, the one
+    loradora's FusedAdam calls) on cross-entropy, in the batch order ``data.shuffled_batches`` draws
+    from ``seed``. Nothing of loradora.training runs in it: an oracle for the loop, not a copy."""
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, fused=True)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    losses = []
+    for _ in range(epochs):
+        for indices in shuffled_batches(len(data), batch_size, generator, data.images.device):
+            loss = F.cross_entropy(model(data.images[indices]), data.labels[indices])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    return losses

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from conftest import smoke, summary_of
+from helpers import reference_losses
 from loradora.adapters import DoRALinear, LoRALinear, row_norms
 from loradora.data import Split
 from loradora.methods import prepare
@@ -18,7 +19,6 @@ from loradora.cache import pretrain_key
 from loradora.config import load_config
 from loradora.population import (DEFAULT_NORM, Population, StackedDoRA, population_chunks, rank_buckets,
                                  train_population)
-from loradora.training import train
 
 SEEDS = (1, 2, 3)
 BATCH = 64
@@ -51,9 +51,8 @@ def member(base: nn.Module, seed: int, method: str, **adapter) -> nn.Module:
 
 
 def losses_alone(model: nn.Module, data: Split, seed: int, epochs: int) -> list[float]:
-    records = train(model, data, epochs=epochs, batch_size=BATCH, lr=LR, generator=torch.Generator().manual_seed(seed),
-                    log=lambda record: None, log_every=10)
-    return [loss for record in records for loss in record["batch_losses"]]
+    """The model trained alone by a plain loop of the tests' own (helpers.reference_losses)."""
+    return reference_losses(model, data, seed, epochs, lr=LR, batch_size=BATCH)
 
 
 def losses_together(models: list[nn.Module], data: Split, epochs: int, norm: str = DEFAULT_NORM, **options):
@@ -247,11 +246,8 @@ def test_a_rate_per_member_trains_each_as_adam_at_its_rate_alone():
     data = synthetic(50 * BATCH, torch.float64)
     rates = [1e-3, 3e-3, 5e-4]
     case = ("dora", {"alpha": 8.0}, (1, 4, 8))
-    alone = []
-    for model, seed, rate in zip(members(case, torch.float64), SEEDS, rates):
-        records = train(model, data, epochs=4, batch_size=BATCH, lr=rate, generator=torch.Generator().manual_seed(seed),
-                        log=lambda record: None, log_every=10)
-        alone.append([loss for record in records for loss in record["batch_losses"]])
+    alone = [reference_losses(model, data, seed, epochs=4, lr=rate, batch_size=BATCH)
+             for model, seed, rate in zip(members(case, torch.float64), SEEDS, rates)]
     runs = train_population(Population(members(case, torch.float64)), data, epochs=4, batch_size=BATCH, lr=rates,
                             generators=[torch.Generator().manual_seed(seed) for seed in SEEDS],
                             log=lambda records: None, log_every=10)
