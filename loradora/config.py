@@ -418,8 +418,9 @@ def validate(config: Config) -> None:
 
 
 def trains_populations(config: Config) -> bool:
-    """Whether the run trains populations: several seeds (unless experiment.population is 1), or a
-    learning-rate grid to tune; else it trains one model after another."""
+    """Whether the run trains populations of more than one model: several seeds (unless
+    experiment.population is 1), or a learning-rate grid to tune; else every phase trains one model
+    alone, and there is nothing for Ray to spread."""
     seeds = config.experiment.seeds or [config.seed]
     return bool(config.experiment.lrs) or (len(seeds) > 1 and config.experiment.population != 1)
 

@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from loradora.data import Split
-from loradora.population import MemberRun, Population, train_population
-from loradora.training import use_deterministic_algorithms
+from loradora.population import member_step
+from loradora.training import MemberRun, train_members, use_deterministic_algorithms
 
 PACKAGE = Path(__file__).resolve().parent  # shipped to a cluster's workers, which may not have it
 
@@ -40,7 +40,7 @@ class LauncherUnavailable(RuntimeError):
 
 @dataclass
 class TrainJob:
-    """One population's training: its members, the data, and ``train_population``'s settings."""
+    """One population's training: its members, the data, and ``training.train_members``'s settings."""
     models: list[nn.Module]
     trackers: list        # per member, a DecompositionTracker, called every observe_every steps, or None
     data: Split
@@ -54,16 +54,17 @@ class TrainJob:
 
 
 def train(job: TrainJob, log: Callable[[dict[int, dict]], None]) -> list[MemberRun]:
-    """Train ``job``'s members as one population; they hold their trained weights on return."""
+    """Train ``job``'s members at once (one alone, as itself); they hold their trained weights on return."""
     def observe(step: int, alive: list[int]) -> None:
         for i in alive:
             if job.trackers[i] is not None:
                 job.trackers[i](step)
 
-    return train_population(Population(job.models), job.data, epochs=job.epochs, batch_size=job.batch_size,
-                            lr=job.lr, generators=[torch.Generator().manual_seed(seed) for seed in job.seeds],
-                            log=log, log_every=job.log_every, max_loss=job.max_loss, observe=observe,
-                            observe_every=job.observe_every)
+    lrs = job.lr if isinstance(job.lr, list) else [job.lr] * len(job.models)
+    return train_members(member_step(job.models, lrs), job.data, epochs=job.epochs, batch_size=job.batch_size,
+                         generators=[torch.Generator().manual_seed(seed) for seed in job.seeds], log=log,
+                         log_every=job.log_every, max_loss=job.max_loss, observe=observe,
+                         observe_every=job.observe_every)
 
 
 @dataclass

@@ -1,10 +1,9 @@
-"""A phase of a run: train one model, or a population of them, then score it on the test set.
+"""A phase of a run: train its models, one alone or a population at once, then score each on the test set.
 
 A phase is the pretraining or one fine-tuning variant; its metrics records carry its name as
-"phase". ``fit`` trains one model, ``fit_population`` a population (loradora/population.py) that a
-launcher trains (loradora/launcher.py); both end in ``method_result``, the one place a
-``MethodResult`` is made. The console gets one line per record (``show``), or per population
-(``show_members``: the members' mean and range).
+"phase". ``fit`` collects the models a launcher trains (loradora/launcher.py) and scores them;
+every result ends in ``method_result``, the one place a ``MethodResult`` is made. The console gets
+one line per record of one model, or per population (``show_members``: the members' mean and range).
 """
 
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from loradora.experiment import Variant
 from loradora.launcher import TrainJob
 from loradora.methods import prepare
 from loradora.results import MethodResult
-from loradora.training import Accuracy, Diverged, evaluate, train
+from loradora.training import Accuracy, evaluate
 
 Record = Callable[[dict], None]  # receives every metrics record (metrics.jsonl, console, TensorBoard)
 
@@ -45,28 +44,6 @@ def score(model: nn.Module, variant: Variant, test_data: Split, record: Record, 
     accuracy = evaluate(model, test_data)
     record({"phase": variant.name, "kind": "test", "test_accuracy": accuracy.percent, "n_test": accuracy.total})
     return method_result(model, variant, n_test=len(test_data), accuracy=accuracy, **training)
-
-
-def fit(model: nn.Module, variant: Variant, settings, train_data: Split, test_data: Split, seed: int,
-        record: Record, log_every: int, tracker: DecompositionTracker | None = None,
-        track_every: int | None = None) -> MethodResult:
-    """Train ``model`` on ``train_data`` with ``settings`` (a PretrainConfig or FinetuneConfig: epochs,
-    batch size, lr, max_loss), then test it. ``tracker``, when given, measures the weight
-    decomposition every ``track_every`` optimiser steps and after the last one."""
-    print(f"\n== {variant.name}: {phase_header(model, settings.epochs)}")
-    generator = torch.Generator().manual_seed(seed)  # every phase sees the same batch order
-    training = dict(lr=settings.lr, epochs=settings.epochs, n_train=len(train_data))
-    try:
-        epoch_records = train(model, train_data, epochs=settings.epochs, batch_size=settings.batch_size,
-                              lr=settings.lr, generator=generator, log_every=log_every, max_loss=settings.max_loss,
-                              log=tagged(record, phase=variant.name), observe=tracker,
-                              observe_every=track_every)
-    except Diverged as error:
-        record({"phase": variant.name, "kind": "diverged", "message": str(error)})
-        return method_result(model, variant, n_test=len(test_data), error=str(error), **training)
-    if tracker is not None:
-        tracker(sum(len(r["batch_losses"]) for r in epoch_records))
-    return score(model, variant, test_data, record, epoch_records=epoch_records, **training)
 
 
 @dataclass
@@ -103,9 +80,11 @@ def population_job(models: list[nn.Module], settings, train_data: Split, seeds: 
                     max_loss=settings.max_loss, observe_every=track_every)
 
 
-def fit_population(launcher, pending, variants: list[Variant], test_data: Split, record: Record) -> list[MethodResult]:
-    """``fit`` for a population submitted to ``launcher``: member i is ``variants[i]``. Waits for
-    its training, then tests each member, as ``fit`` does."""
+def fit(launcher, pending, variants: list[Variant], test_data: Split, record: Record) -> list[MethodResult]:
+    """A phase's models, submitted to ``launcher`` as one population (of one, for a model trained
+    alone): member i is ``variants[i]``. Waits for their training, then tests each member on the
+    whole of ``test_data``; a member that diverged gets its error instead. ``tracker``s, when the
+    job has them, measure the weight decomposition after the last step too."""
     job = pending.job
     trained = train_members(launcher, pending, [variant.name for variant in variants], record)
     lrs = job.lr if isinstance(job.lr, list) else [job.lr] * len(variants)
@@ -125,15 +104,16 @@ def fit_population(launcher, pending, variants: list[Variant], test_data: Split,
 
 
 def train_members(launcher, pending, phases: list[str], record: Record) -> list:
-    """Collect a population submitted to ``launcher`` (``population.train_population``): trained here
-    now, or by Ray, whose log records arrive with its result. Each member's records go to ``record``
+    """Collect a population submitted to ``launcher`` (``launcher.train``): trained here now, or by
+    Ray, whose log records arrive with its result. Each member's records go to ``record``
     marked ``member`` (metrics.jsonl keeps them all); the console gets one line per logged batch with
     the members' mean and range instead, and a line per diverged member."""
     job = pending.job
     label = ", ".join(dict.fromkeys(phases))
     rates = f" at lr {', '.join(f'{lr:g}' for lr in dict.fromkeys(job.lr))}" if isinstance(job.lr, list) else ""
-    print(f"\n== {label}: {phase_header(job.models[0], job.epochs)}; {len(job.models)} models at once{rates} "
-          f"(seeds {', '.join(map(str, dict.fromkeys(job.seeds)))})")
+    together = "" if len(job.models) == 1 else (
+        f"; {len(job.models)} models at once{rates} (seeds {', '.join(map(str, dict.fromkeys(job.seeds)))})")
+    print(f"\n== {label}: {phase_header(job.models[0], job.epochs)}{together}")
 
     def log(records: dict[int, dict]) -> None:
         for i, r in records.items():
@@ -176,15 +156,12 @@ def phase_header(model: nn.Module, epochs: int) -> str:
 
 
 def show(record: dict) -> None:
-    """Print a metrics record; batch lines keep the seeds' format. Records replayed from the
-    pretrained cache are not printed again, nor a population's per-member records (show_members
-    prints those), nor the tuning record (its table is printed)."""
+    """Print a metrics record. Records replayed from the pretrained cache are not printed again,
+    nor the members' records of a phase (``train_members`` prints them, as one line for all), nor
+    the tuning record (its table is printed)."""
     if record.get("cached") or record.get("member") or record["kind"] == "tuning":
         return
-    if record["kind"] == "diverged":
-        tqdm.write(f"{record['phase']} diverged and was stopped: {record['message']}; its results are not used")
-    else:
-        show_members(record["phase"], [record])
+    show_members(record["phase"], [record])
 
 
 def show_members(label: str, records: list[dict]) -> None:

@@ -6,9 +6,9 @@ only what differs between calls. A phase is the pretraining or one fine-tuning v
 phase trains and is scored is in loradora/phases.py, what it measures is a loradora/results.py
 record.
 
-A run trains one model after another (one seed, or ``experiment.population: 1``: ``seed_by_seed``),
-or each phase's seeds, and a sweep's ranks, as populations trained at once
-(``phase_by_phase``, loradora/population.py), each where the launcher puts it.
+A run goes phase by phase (``Experiment.run``): every seed's pretraining, then each fine-tuning
+variant for every seed, each phase's models trained at once as populations (loradora/population.py;
+a population of one is a model trained alone), each where the launcher puts it.
 """
 
 import dataclasses
@@ -25,7 +25,7 @@ from loradora import data, phases
 from loradora.adapters import ADAPTERS
 from loradora.artifacts import format_artifacts, save_method, save_pretrained
 from loradora.cache import BaseCache, Cached
-from loradora.config import Config, ConfigError, resolve_device, to_dict, to_yaml, trains_populations
+from loradora.config import Config, ConfigError, resolve_device, to_dict, to_yaml
 from loradora.data import DataUnavailable, Split, hold_out
 from loradora.experiment import (NO_FINETUNE, PRETRAINED, Variant, aggregate, choose_rate, decomposition_result,
                                  finetune_variants, variant_groups)
@@ -122,65 +122,10 @@ class Experiment:
         self.seeds = config.experiment.seeds or [config.seed]
 
     def run(self) -> None:
-        mnist, task = load_data(self.config, self.device)
-        if trains_populations(self.config):
-            self.phase_by_phase(mnist, task)
-        else:
-            self.seed_by_seed(mnist, task)
-
-    # ---- one model after another ----
-
-    def seed_by_seed(self, mnist: Splits, task: Splits) -> None:
-        """For each seed in turn: pretrain (or reuse) its base, then fine-tune every variant from it."""
-        runs = []
-        for i, seed in enumerate(self.seeds, 1):
-            if len(self.seeds) > 1:
-                print(f"\n==== seed {seed} ({i} of {len(self.seeds)})")
-            result = SeedResults(seed)
-            runs.append(result)
-            self.one_seed(result, mnist, task, phases.tagged(self.record, seed=seed), first=i == 1,
-                          progress=lambda: self.summary.update(runs))
-            if result.methods["pretrained"].diverged:
-                self.summary.finish("pretraining diverged")
-                return
-        self.summary.finish("complete")
-
-    def one_seed(self, result: SeedResults, mnist: Splits, task: Splits, record, first: bool, progress) -> None:
-        """Fill ``result``, one seed's, phase by phase; ``progress`` after each. Only the ``first``
-        seed's files are saved."""
-        seed, run_dir = result.seed, self.run_dir if first else None
-        base = initial_base(self.config.model.hidden_sizes, seed, self.device)
-        result.methods["pretrained"] = self.pretrain(base, seed, mnist, record)
-        if not result.methods["pretrained"].diverged:
-            self.after_pretraining([result], [base], task, record, run_dir)
-        progress()
-        if result.methods["pretrained"].diverged:
-            return
-        every = self.config.analysis.every_n_batches
-        for variant in self.variants:
-            tuned = phases.start_variant(base, variant, seed, track=bool(every))
-            outcome = phases.fit(tuned.model, variant, self.config.finetune, task.train, task.test, seed, record,
-                                 self.config.log.every_n_batches, tuned.tracker, every)
-            finish_variant(result, variant, tuned, outcome, task.test, base, run_dir)
-            progress()
-
-    def pretrain(self, model, seed: int, mnist: Splits, record) -> MethodResult:
-        """Pretrain ``model`` in place, or load the base an earlier run trained from the same inputs."""
-        path = self.cache.path(seed) if self.cache is not None else None
-        if path is not None and (cached := self.cache.read(path, model)) is not None:
-            return self.reuse_pretrained(model, cached, path, mnist, record)
-        kept = phases.Kept(record)  # the records, cached with the weights for the plots of runs that reuse them
-        result = phases.fit(model, PRETRAINED, self.config.pretrain, mnist.train, mnist.test, seed, kept,
-                            self.config.log.every_n_batches)
-        if path is not None and not result.diverged:
-            self.cache.save(path, model, kept.records)
-        return result
-
-    # ---- populations, phase by phase ----
-
-    def phase_by_phase(self, mnist: Splits, task: Splits) -> None:
-        """Every seed's pretraining, then each fine-tuning method at each rank bucket for every seed,
-        each as populations of ``experiment.population`` models trained at once.
+        """Phase by phase: every seed's pretraining, then each fine-tuning method at each rank
+        bucket for every seed. A phase trains its seeds (and a sweep's ranks) as populations of
+        ``experiment.population`` models at once (1: one model after another, each exactly as it
+        trains alone, ``training.OneModel``).
 
         With ``experiment.lrs``, each variant first trains at every rate of the grid on the tuning
         seeds and is scored on the validation split; the rate with the best mean validation accuracy
@@ -191,17 +136,16 @@ class Experiment:
         populations to the launcher before it collects the first, then collects them in order.
         """
         config, summary = self.config, self.summary
+        mnist, task = load_data(config, self.device)
         runs = [SeedResults(seed) for seed in self.seeds]
-        bases, pretrained = self.pretrain_populations(mnist)
+        bases, pretrained = self.pretrain(mnist)
         for result, outcome in zip(runs, pretrained):
             result.methods["pretrained"] = outcome
         if any(outcome.diverged for outcome in pretrained):
             summary.update(runs)
             summary.finish("pretraining diverged")
             return
-        self.after_pretraining(runs, bases, task, phases.tagged(self.record, member=True), self.run_dir)
-        phases.show_members("no_finetune", [phases.test_record(result.methods["no_finetune"]) for result in runs
-                                            if "no_finetune" in result.methods])
+        self.after_pretraining(runs, bases, task)
         summary.update(runs)
 
         rates = {variant.name: config.finetune.lr for variant in self.variants}
@@ -217,10 +161,10 @@ class Experiment:
         shared_too = (config.experiment.lrs and config.experiment.shared_lr
                       and set(rates.values()) != {config.finetune.lr})
         for variants in variant_groups(config):  # a method, at the ranks of one bucket
-            self.finetune_populations(runs, bases, task, variants, rates, self.run_dir)
+            self.finetune(runs, bases, task, variants, rates, self.run_dir)
             if shared_too:
                 self.at_shared_rate(runs, bases, task, variants, rates)
-        # the table order of a one-seed-at-a-time run, each variant's shared-rate runs beside it
+        # the table's order: the variants as configured, each one's shared-rate runs beside it
         order = [name for variant in self.variants for name in (variant.name, variant.at_shared_rate().name)]
         for result in runs:
             result.methods = dict(sorted(result.methods.items(),
@@ -235,7 +179,7 @@ class Experiment:
         shared = self.config.finetune.lr
         again = [variant.at_shared_rate() for variant in variants if rates[variant.name] != shared]
         if again:
-            self.finetune_populations(runs, bases, task, again, {variant.name: shared for variant in again}, None)
+            self.finetune(runs, bases, task, again, {variant.name: shared for variant in again}, None)
         for variant in variants:
             if rates[variant.name] == shared:
                 for result in runs:
@@ -243,7 +187,7 @@ class Experiment:
                     result.methods[variant.at_shared_rate().name] = dataclasses.replace(
                         tuned, rates="shared", files={}, file_checks=None)
 
-    def finetune_populations(self, runs: list[SeedResults], bases: list, task: Splits, variants: list[Variant],
+    def finetune(self, runs: list[SeedResults], bases: list, task: Splits, variants: list[Variant],
                              rates: dict[str, float], run_dir: Path | None) -> None:
         """Fine-tune ``variants`` for every seed, each at its rate, as populations; results into ``runs``."""
         config, launcher = self.config, self.launcher
@@ -259,7 +203,7 @@ class Experiment:
                                         lrs=[rates[variant.name] for _, variant in chunk])
             submitted.append((chunk, tuned, launcher.submit(job)))
         for chunk, tuned, pending in submitted:
-            outcomes = phases.fit_population(launcher, pending, [variant for _, variant in chunk], task.test,
+            outcomes = phases.fit(launcher, pending, [variant for _, variant in chunk], task.test,
                                              self.record)
             for (i, variant), member, outcome in zip(chunk, tuned, outcomes):
                 finish_variant(runs[i], variant, member, outcome, task.test, bases[0], run_dir if i == 0 else None)
@@ -300,7 +244,7 @@ class Experiment:
                                     "seeds": tuning_seeds, "n_validation": len(task.validation)}
         return tuning
 
-    def pretrain_populations(self, mnist: Splits) -> tuple[list[torch.nn.Module], list[MethodResult]]:
+    def pretrain(self, mnist: Splits) -> tuple[list[torch.nn.Module], list[MethodResult]]:
         """Every seed's base, pretrained as populations or reused from the cache, and its result. A
         population's members are cached under a key naming the whole population, since a member's
         float32 bits depend on which models share its matmuls: one damaged member retrains them all."""
@@ -325,7 +269,7 @@ class Experiment:
                                                        phases.tagged(self.record, seed=seeds[i]))
                 continue
             kept = phases.Kept(self.record)  # each member's records, cached with its weights
-            outcomes = phases.fit_population(self.launcher, pending, [PRETRAINED] * len(chunk), mnist.test, kept)
+            outcomes = phases.fit(self.launcher, pending, [PRETRAINED] * len(chunk), mnist.test, kept)
             for i, outcome, path in zip(chunk, outcomes, paths or [None] * len(chunk)):
                 results[i] = outcome
                 if path is not None and not outcome.diverged:
@@ -346,18 +290,18 @@ class Experiment:
                             n_train=len(mnist.train), epoch_records=[r for r in records if r["kind"] == "epoch"],
                             cached=True)
 
-    def after_pretraining(self, runs: list[SeedResults], bases: list, task: Splits, record,
-                          run_dir: Path | None) -> None:
+    def after_pretraining(self, runs: list[SeedResults], bases: list, task: Splits) -> None:
         """Save the first seed's base; on a shifted task, score every base on it before fine-tuning."""
-        if run_dir is not None:
+        if self.run_dir is not None:
             first = runs[0].methods
-            first["pretrained"] = dataclasses.replace(first["pretrained"], files=save_pretrained(bases[0], run_dir))
+            first["pretrained"] = dataclasses.replace(first["pretrained"], files=save_pretrained(bases[0], self.run_dir))
         if self.config.finetune.task == "same":
             return
         for result, model in zip(runs, bases):  # where fine-tuning starts: the base on the shifted test set
             result.methods["no_finetune"] = phases.score(model, NO_FINETUNE, task.test,
-                                                         phases.tagged(record, seed=result.seed),
+                                                         phases.tagged(self.record, seed=result.seed, member=True),
                                                          lr=None, epochs=0, n_train=0)
+        phases.show_members("no_finetune", [phases.test_record(result.methods["no_finetune"]) for result in runs])
 
 
 def finish_variant(result: SeedResults, variant: Variant, tuned: phases.Tuned, outcome: MethodResult,

@@ -35,7 +35,7 @@ from loradora.adam import FusedAdam, MemberAdam
 from loradora.adapters import (DoRALinear, LoRALinear, applies_dropout, dora_forward, dora_row_norm,
                                dora_row_norm_expanded, linear, lora_forward)
 from loradora.data import Split
-from loradora.training import MemberRun, train_members
+from loradora.training import MemberRun, OneModel, Step, train_members
 
 NORMS = ("direct", "expanded")
 # The expanded norm, measured per member on the 2-core CPU (full epochs, rank 4,
@@ -249,6 +249,14 @@ def _same(values: list, what: str):
     if any(value != values[0] for value in values):
         raise ValueError(f"the members of a population differ in {what}: {values}")
     return values[0]
+
+
+def member_step(models: Sequence[nn.Module], lrs: Sequence[float]) -> Step:
+    """How ``models`` train at once: one model alone, as itself (``training.OneModel``: a stack of
+    one is slower, and would change its float32 bits); more, stacked as a population."""
+    if len(models) == 1:
+        return OneModel(models[0], lrs[0])
+    return PopulationStep(Population(models), list(lrs))
 
 
 def train_population(population: Population, data: Split, *, epochs: int, batch_size: int,

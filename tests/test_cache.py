@@ -15,7 +15,7 @@ from loradora import cache
 from loradora.cache import CacheDamaged, cache_dir, pretrain_key, read_cached, save_cached
 from loradora.config import load_config
 from loradora.data import Split
-from loradora.model import MLP, initial_base
+from loradora.model import MLP
 from loradora.pipeline import Experiment, Splits, Summary
 
 CPU = torch.device("cpu")
@@ -158,10 +158,7 @@ def test_the_sources_are_the_code_that_pretrains():
         experiment = Experiment(config, CPU, Summary(config, CPU))
         sys.setprofile(note)
         try:
-            if len(experiment.seeds) == 1:
-                experiment.pretrain(initial_base(config.model.hidden_sizes, 1, CPU), 1, mnist, lambda record: None)
-            else:
-                experiment.pretrain_populations(mnist)
+            experiment.pretrain(mnist)
         finally:
             sys.setprofile(None)
     package = {path.name for path in ran if path.parent == cache.PACKAGE}
