@@ -52,6 +52,11 @@ class TrainJob:
     max_loss: float
     observe_every: int | None
 
+    @property
+    def lrs(self) -> list[float]:
+        """Each member's rate."""
+        return self.lr if isinstance(self.lr, list) else [self.lr] * len(self.models)
+
 
 def train(job: TrainJob, log: Callable[[dict[int, dict]], None]) -> list[MemberRun]:
     """Train ``job``'s members at once (one alone, as itself); they hold their trained weights on return."""
@@ -60,8 +65,7 @@ def train(job: TrainJob, log: Callable[[dict[int, dict]], None]) -> list[MemberR
             if job.trackers[i] is not None:
                 job.trackers[i](step)
 
-    lrs = job.lr if isinstance(job.lr, list) else [job.lr] * len(job.models)
-    return train_members(member_step(job.models, lrs), job.data, epochs=job.epochs, batch_size=job.batch_size,
+    return train_members(member_step(job.models, job.lrs), job.data, epochs=job.epochs, batch_size=job.batch_size,
                          generators=[torch.Generator().manual_seed(seed) for seed in job.seeds], log=log,
                          log_every=job.log_every, max_loss=job.max_loss, observe=observe,
                          observe_every=job.observe_every)

@@ -86,10 +86,10 @@ def fit(launcher, pending, variants: list[Variant], test_data: Split, record: Re
     whole of ``test_data``; a member that diverged gets its error instead. ``tracker``s, when the
     job has them, measure the weight decomposition after the last step too."""
     job = pending.job
-    trained = train_members(launcher, pending, [variant.name for variant in variants], record)
-    lrs = job.lr if isinstance(job.lr, list) else [job.lr] * len(variants)
+    trained = collect(launcher, pending, [variant.name for variant in variants], record)
     results = []
-    for model, variant, seed, lr, tracker, member in zip(job.models, variants, job.seeds, lrs, job.trackers, trained):
+    for model, variant, seed, lr, tracker, member in zip(job.models, variants, job.seeds, job.lrs, job.trackers,
+                                                          trained):
         training = dict(lr=lr, epochs=job.epochs, n_train=len(job.data))
         if member.diverged:
             results.append(method_result(model, variant, n_test=len(test_data), error=member.diverged, **training))
@@ -103,7 +103,7 @@ def fit(launcher, pending, variants: list[Variant], test_data: Split, record: Re
     return results
 
 
-def train_members(launcher, pending, phases: list[str], record: Record) -> list:
+def collect(launcher, pending, phases: list[str], record: Record) -> list:
     """Collect a population submitted to ``launcher`` (``launcher.train``): trained here now, or by
     Ray, whose log records arrive with its result. Each member's records go to ``record``
     marked ``member`` (metrics.jsonl keeps them all); the console gets one line per logged batch with
@@ -157,7 +157,7 @@ def phase_header(model: nn.Module, epochs: int) -> str:
 
 def show(record: dict) -> None:
     """Print a metrics record. Records replayed from the pretrained cache are not printed again,
-    nor the members' records of a phase (``train_members`` prints them, as one line for all), nor
+    nor the members' records of a phase (``collect`` prints them, as one line for all), nor
     the tuning record (its table is printed)."""
     if record.get("cached") or record.get("member") or record["kind"] == "tuning":
         return

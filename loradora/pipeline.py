@@ -231,7 +231,7 @@ class Experiment:
         accuracies = {}  # (variant name, rate) -> validation accuracies over the tuning seeds (None: diverged)
         for chunk, pending in submitted:
             names = [f"{variant.name}@lr={lr:g}" for variant, lr, _ in chunk]
-            trained = phases.train_members(launcher, pending, names, phases.tagged(self.record, tuning=True))
+            trained = phases.collect(launcher, pending, names, phases.tagged(self.record, tuning=True))
             for (variant, lr, _), model, member in zip(chunk, pending.job.models, trained):
                 accuracy = None if member.diverged else evaluate(model, task.validation).percent
                 accuracies.setdefault((variant.name, lr), []).append(accuracy)
