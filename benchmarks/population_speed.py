@@ -8,6 +8,25 @@ epochs  One epoch of pretraining, LoRA and DoRA (rank 4) per member, for populat
         step) divided by the rate of a large matrix product measured in the same run. Also DoRA's
         two exact norm paths (direct and expanded) at each size, and DoRA / LoRA through
         add_adapters for one model (the project's loop).
+        Beside that floor, a roofline floor per phase and size (``roofline_step``): one step's
+        matrix products, recorded under a dispatch mode on a real population step (forward, input
+        and weight gradients) and each timed alone at its own shapes and strides, plus the bytes the
+        step must move divided by a copy rate measured at the step's working-set size:
+          gather       read + write of the (N, batch, 784) float32 images and the int64 labels;
+          Adam         7 x 4 bytes per trainable element (read param, grad, exp_avg, exp_avg_sq;
+                       write param, exp_avg, exp_avg_sq);
+          ReLU         per hidden output (N, batch, out): forward read + write, backward read grad,
+                       read activation, write (5 passes);
+          loss         softmax over the (N, batch, 10) logits: forward and backward read + write
+                       (4 passes, small);
+          DoRA         per adapted layer, the per-row rescale of its output: forward read + write,
+                       backward read 2 + write (5 passes).
+        The working set (the copy probe's buffer) is the parameters, gradients and Adam state of
+        the population plus the step's activations (the images and every layer's output, and for
+        DoRA the output before its rescale), in float32. Both floors are today's maths: work that
+        sharing the frozen first layer across members would remove is still counted, so sharing
+        shows as beating them. Neither counts the LoRA add, the bias gradient's reduction or
+        forming DoRA's V in the direct norm (its matmuls are counted), so the roofline is a floor.
 runs    Whole runs of dora_example.py, each in a fresh process (wall time from outside, peak
         resident memory from the child): 20 seeds of LoRA and DoRA, 1 fine-tuning epoch, cache off,
         with experiment.population auto against 1; with --sweep also configs/rank_sweep.yaml.
@@ -26,10 +45,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map_only
 from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +61,7 @@ from loradora.config import load_config, resolve_device  # noqa: E402
 from loradora.data import load_mnist  # noqa: E402
 from loradora.methods import prepare  # noqa: E402
 from loradora.model import MLP  # noqa: E402
-from loradora.population import Population, train_population  # noqa: E402
+from loradora.population import Population, StackedDoRA, train_population  # noqa: E402
 from loradora.training import train  # noqa: E402
 
 PHASES = ("pretrain", "lora", "dora")
@@ -95,6 +118,130 @@ def now(device) -> float:
     return time.perf_counter()
 
 
+# ---- the roofline floor: each matrix product of a step timed alone, plus its bytes at a copy rate ----
+
+# aten ops that are matrix products; matmul itself decomposes before dispatch, but is listed in case
+MATMULS = {"mm", "bmm", "addmm", "addmm_", "baddbmm", "baddbmm_", "addbmm", "matmul", "_addmm_activation"}
+MB = 2**20
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A recorded tensor argument: enough to make a fresh one laid out the same. A dataclass, not a
+    namedtuple, so that pytree treats it as a leaf."""
+    shape: tuple
+    stride: tuple
+    dtype: torch.dtype
+    device: torch.device
+
+
+def layout(tensor: torch.Tensor) -> Layout:
+    return Layout(tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype, tensor.device)
+
+
+def fresh(recorded: Layout) -> torch.Tensor:
+    """Random values with the recorded shape and strides (transposed, broadcast bias and all): a
+    storage just long enough, viewed with as_strided."""
+    extent = 1 + sum((n - 1) * s for n, s in zip(recorded.shape, recorded.stride)) if all(recorded.shape) else 0
+    return torch.randn(extent, dtype=recorded.dtype, device=recorded.device).as_strided(recorded.shape, recorded.stride)
+
+
+class MatmulRecorder(TorchDispatchMode):
+    """Records every matrix product dispatched under it, autograd's backward ones included:
+    signature (op, argument layouts, scalars such as beta and alpha) -> [op, args, kwargs, count]."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: dict[str, list] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.overloadpacket.__name__ in MATMULS:
+            shapes, kw_shapes = tree_map_only(torch.Tensor, layout, (args, kwargs))
+            self.calls.setdefault(repr((func, shapes, kw_shapes)), [func, shapes, kw_shapes, 0])[3] += 1
+        return func(*args, **kwargs)
+
+
+def best_seconds(fn, device, repeats: int = 5, target: float = 2e-3) -> float:
+    """Fastest seconds per call of ``fn`` over ``repeats`` timings, after a warm call. A call much
+    shorter than ``target`` is timed ``inner`` times in a row, so that one synchronisation (a GPU's
+    launch latency) and the timer's resolution are spread over them; a long one once, to stay short."""
+    fn()
+    start = now(device)
+    fn()
+    inner = max(1, min(100, round(target / (now(device) - start))))
+    best = float("inf")
+    for _ in range(repeats):
+        start = now(device)
+        for _ in range(inner):
+            fn()
+        best = min(best, (now(device) - start) / inner)
+    return best
+
+
+def copy_rate(nbytes: int, device) -> float:
+    """Bytes/s of dst.copy_(src) for float32 buffers of ``nbytes`` each (read + write: 2 x nbytes)."""
+    src = torch.rand(max(nbytes // 4, 1), device=device)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 4 / best_seconds(lambda: dst.copy_(src), device)
+
+
+def record_step(population: Population, data, batch_size: int) -> tuple[list, list]:
+    """One training step of ``population`` as PopulationStep takes it (gather, forward, per-member
+    mean cross-entropy summed, backward): its matrix products, and each layer's (module, output
+    elements)."""
+    n = len(population)
+    indices = torch.randint(len(data), (n, batch_size), generator=torch.Generator().manual_seed(0))
+    indices = indices.to(data.images.device)
+    outputs = []
+    hooks = [layer.register_forward_hook(lambda module, _, out: outputs.append((module, out.numel())))
+             for layer in population.layers]
+    with MatmulRecorder() as recorder:
+        images, labels = data.images[indices], data.labels[indices]
+        logits = population(images)
+        losses = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view(n, -1).mean(dim=1)
+        losses.sum().backward()
+    for hook in hooks:
+        hook.remove()
+    return list(recorder.calls.values()), outputs
+
+
+def step_bytes(population: Population, outputs: list, batch_size: int) -> tuple[int, int]:
+    """(bytes one step must move outside its matmuls, its working set in bytes): the counts of the
+    module docstring."""
+    n, f32 = len(population), 4
+    images = n * batch_size * 784
+    trainable = sum(p.numel() for p in population.parameters() if p.requires_grad)
+    everything = sum(p.numel() for p in population.parameters())
+    moved = 2 * f32 * images + 2 * 8 * n * batch_size + 7 * f32 * trainable  # gather, Adam
+    activations = images + sum(numel for _, numel in outputs)
+    for module, numel in outputs:
+        if isinstance(module, nn.ReLU):
+            moved += 5 * f32 * numel
+        if isinstance(module, StackedDoRA):  # the rescale, and the output before it
+            moved += 5 * f32 * numel
+            activations += numel
+    moved += 4 * f32 * outputs[-1][1]  # softmax / cross-entropy over the logits
+    return moved, f32 * (everything + 3 * trainable + activations)
+
+
+def roofline_step(models, data, batch_size: int, norm: str) -> dict:
+    """Seconds of one step of ``models`` as a population at the roofline: every recorded matrix
+    product timed alone (times its multiplicity), plus ``step_bytes`` at the copy rate of a buffer
+    the size of the step's working set."""
+    device = data.images.device
+    population = Population(models, norm=norm)
+    calls, outputs = record_step(population, data, batch_size)
+    matmul = 0.0
+    for func, shapes, kw_shapes, count in calls:
+        args, kwargs = tree_map_only(Layout, fresh, (shapes, kw_shapes))
+        matmul += count * best_seconds(lambda: func(*args, **kwargs), device)
+    moved, working_set = step_bytes(population, outputs, batch_size)
+    rate = copy_rate(working_set, device)
+    return {"seconds": matmul + moved / rate, "matmul": matmul, "moved": moved, "working_set": working_set,
+            "rate": rate, "kinds": len(calls), "calls": sum(call[3] for call in calls)}
+
+
 def epochs_benchmark(args) -> None:
     config = load_config(REPO / "configs" / "default.yaml", args.overrides)
     device = resolve_device(config.device)
@@ -118,21 +265,42 @@ def epochs_benchmark(args) -> None:
             alone[phase] = min(alone[phase], single_epoch(members(phase, 1, config, device)[0], data, config))
         print(f"repeat {repeat + 1} done", file=sys.stderr, flush=True)
 
+    # the roofline once, after the timed epochs; each of its timings keeps its own fastest repeat
+    roof = {(phase, n, norm): roofline_step(members(phase, n, config, device), data, config.finetune.batch_size, norm)
+            for phase, n, norm in ways}
+    print_roofline(roof, steps, device)
+
     print(f"\nlarge matmul (2048^2, float32): {rate / 1e9:.1f} GFLOP/s")
-    print(f"{'phase':<8}{'norm':<10}{'N':>5}{'s/member':>10}{'speed-up':>10}{'GFLOP/s':>9}{'floor s':>9}"
-          f"{'s / floor':>10}")
+    print(f"{'phase':<9}{'norm':<10}{'N':>5}{'s/member':>10}{'speed-up':>10}{'GFLOP/s':>9}{'floor s':>9}"
+          f"{'s / floor':>10}{'roofline s':>11}{'s / roofline':>13}")
     for phase, n, norm in ways:
         seconds = best[phase, n, norm]
         floor = flops[phase] / rate
+        roofline = steps * roof[phase, n, norm]["seconds"] / n  # per member
         speedup = best[phase, 1, "direct"] / seconds
-        print(f"{phase:<8}{norm if phase == 'dora' else '-':<10}{n:>5}{seconds:>10.3f}{speedup:>9.2f}x"
-              f"{flops[phase] / seconds / 1e9:>9.1f}{floor:>9.3f}{seconds / floor:>10.2f}")
+        print(f"{phase:<9}{norm if phase == 'dora' else '-':<10}{n:>5}{seconds:>10.3f}{speedup:>9.2f}x"
+              f"{flops[phase] / seconds / 1e9:>9.1f}{floor:>9.3f}{seconds / floor:>10.2f}"
+              f"{roofline:>11.3f}{seconds / roofline:>13.2f}")
     for n in args.sizes:
         dora = min(best["dora", n, "direct"], best["dora", n, "expanded"])
         print(f"DoRA / LoRA per member at N={n}: {dora / best['lora', n, 'direct']:.3f} "
               f"(direct {best['dora', n, 'direct'] / best['lora', n, 'direct']:.3f}, "
               f"expanded {best['dora', n, 'expanded'] / best['lora', n, 'direct']:.3f})")
     print(f"DoRA / LoRA for one model through add_adapters (training.train): {alone['dora'] / alone['lora']:.3f}")
+
+
+def print_roofline(roof: dict, steps: int, device) -> None:
+    """Each way's roofline step: its matrix products, its bytes, and the copy probe behind them."""
+    # copy rates depend on the size (caches), hence the probe at each working set; two sizes for scale
+    print("\ncopy rate (dst.copy_(src), float32): " + ", ".join(
+        f"{size} MB {copy_rate(size * MB, device) / 1e9:.1f} GB/s" for size in (4, 32)))
+    # calls (distinct signatures); the last column is the whole population's epoch, not per member
+    print(f"roofline per step: {'phase':<9}{'norm':<10}{'N':>5}{'mm (uniq)':>10}{'matmul ms':>10}"
+          f"{'moved MB':>9}{'set MB':>8}{'copy GB/s':>10}{'bytes ms':>9}{'pop epoch s':>12}")
+    for (phase, n, norm), r in roof.items():
+        print(f"{'':<19}{phase:<9}{norm if phase == 'dora' else '-':<10}{n:>5}{r['calls']:>5} ({r['kinds']:>2})"
+              f"{r['matmul'] * 1e3:>10.3f}{r['moved'] / MB:>9.2f}{r['working_set'] / MB:>8.1f}"
+              f"{r['rate'] / 1e9:>10.1f}{r['moved'] / r['rate'] * 1e3:>9.3f}{steps * r['seconds']:>12.3f}")
 
 
 def whole_run(overrides: list[str]) -> dict:

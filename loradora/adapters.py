@@ -78,7 +78,14 @@ def lora_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     With dropout (PEFT's ``lora_dropout``), ``x_dropped`` = dropout(x) feeds the adapter alone; the
     frozen base path sees x.
     """
-    return linear(x, weight, bias) + lora_update(x if x_dropped is None else x_dropped, A, B, s)
+    return lora_output(linear(x, weight, bias), linear(x if x_dropped is None else x_dropped, A), B, s)
+
+
+def lora_output(base: torch.Tensor, down: torch.Tensor, B: torch.Tensor, s) -> torch.Tensor:
+    """``lora_forward`` from its two products of the input: base = W0 x + b and down = A x. A
+    population whose members share a frozen base and batch order computes them once for all
+    (population.SharedInput); everything after them is this."""
+    return base + s * linear(down, B)
 
 
 def lora_weight(weight: torch.Tensor, A: torch.Tensor, B: torch.Tensor, s) -> torch.Tensor:
@@ -132,11 +139,19 @@ def dora_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     re-scaling of the base, m/||V|| - 1, which is also learnt (peft PR 1474, by DoRA's author;
     peft PR 2153 discusses why the correction takes x_d). With x_d = x it is the form above.
     """
-    scale = (magnitude / norm).unsqueeze(-2)  # one factor per output feature, for every row of x
     if x_dropped is not None:
+        scale = (magnitude / norm).unsqueeze(-2)  # one factor per output feature, for every row of x
         return (linear(x, weight, bias) + (scale - 1) * linear(x_dropped, weight)
                 + scale * lora_update(x_dropped, A, B, s))
-    directed = linear(x, weight) + lora_update(x, A, B, s)
+    return dora_output(linear(x, weight), linear(x, A), B, s, bias, magnitude, norm)
+
+
+def dora_output(base: torch.Tensor, down: torch.Tensor, B: torch.Tensor, s, bias: torch.Tensor | None,
+                magnitude: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """``dora_forward`` (without dropout) from its two products of the input: base = W0 x, without
+    the bias, and down = A x (see ``lora_output``)."""
+    scale = (magnitude / norm).unsqueeze(-2)  # one factor per output feature, for every row of x
+    directed = base + s * linear(down, B)
     return directed * scale if bias is None else torch.addcmul(bias, directed, scale)
 
 

@@ -22,18 +22,21 @@ Layout, from the measured prototype (issue 9):
   The scaling s becomes a per-member (N, 1, 1) tensor, since alpha and rank may differ.
 - Each member keeps its own init, batch order (its own generator) and Adam state (Adam is
   elementwise, so one fused Adam over the stacked tensors is N independent Adams).
+- Members that share a frozen first layer and a batch order (every rate of a seed in a rate grid)
+  gather their batch once and compute the first layer's products once per group (``SharedInput``).
 """
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from loradora.adam import FusedAdam, MemberAdam
-from loradora.adapters import (DoRALinear, LoRALinear, applies_dropout, dora_forward, dora_row_norm,
-                               dora_row_norm_expanded, linear, lora_forward)
+from loradora.adapters import (DoRALinear, LoRALinear, applies_dropout, dora_forward, dora_output, dora_row_norm,
+                               dora_row_norm_expanded, linear, lora_forward, lora_output)
 from loradora.data import Split
 from loradora.training import MemberRun, OneModel, Step, train_members
 
@@ -100,6 +103,9 @@ class StackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight.mT, self.bias)  # the (N, out, in) view: baddbmm on the storage
 
+    def shared_forward(self, x: torch.Tensor, shared: "SharedInput") -> torch.Tensor:
+        return shared.base(x, with_bias=True)
+
     @torch.no_grad()
     def write_back(self, layers: Sequence[nn.Linear]) -> None:
         for i, layer in enumerate(layers):
@@ -148,6 +154,9 @@ class StackedLoRA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return lora_forward(x, self.weight, self.base.bias, self.A, self.B, self.scaling, self.dropped(x))
 
+    def shared_forward(self, x: torch.Tensor, shared: "SharedInput") -> torch.Tensor:
+        return lora_output(shared.base(x, with_bias=True), shared.down(x, self.A), self.B, self.scaling)
+
     @torch.no_grad()
     def write_back(self, adapters: Sequence[LoRALinear]) -> None:
         """Copy each member into its adapter; the padding must still be exactly zero."""
@@ -186,6 +195,10 @@ class StackedDoRA(StackedLoRA):
         return dora_forward(x, self.weight, self.base.bias, self.A, self.B, self.scaling, self.magnitude,
                             self.weight_norm(), self.dropped(x))
 
+    def shared_forward(self, x: torch.Tensor, shared: "SharedInput") -> torch.Tensor:
+        return dora_output(shared.base(x, with_bias=False), shared.down(x, self.A), self.B, self.scaling,
+                           self.base.bias, self.magnitude, self.weight_norm())
+
     @torch.no_grad()
     def write_back(self, adapters: Sequence[DoRALinear]) -> None:
         super().write_back(adapters)
@@ -206,8 +219,12 @@ class Population(nn.Module):
         columns = zip(*(_layers(member) for member in self.members))
         self.layers = nn.Sequential(*(_stack(list(column), norm) for column in columns))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+    def forward(self, x: torch.Tensor, shared: "SharedInput | None" = None) -> torch.Tensor:
+        """(N, batch, in) to (N, batch, out); with ``shared``, x is (groups, batch, in): one batch per
+        group of members that share the first layer's frozen base and their batch order."""
+        if shared is None:
+            return self.layers(x)
+        return self.layers[1:](self.layers[0].shared_forward(x, shared))
 
     def write_back(self) -> None:
         """Copy every member's weights, frozen ones included, back into its own modules."""
@@ -217,6 +234,74 @@ class Population(nn.Module):
 
     def __len__(self) -> int:
         return len(self.members)
+
+
+@dataclass
+class SharedInput:
+    """Members that see the same batches through the same frozen first layer, grouped, so that
+    their batch is gathered once and the first layer's products with it are computed once.
+
+    Members of one seed share the seed's base and its batch order in a rate grid, the ``@shared``
+    reruns and a rank sweep: the frozen product x @ W0^T + b, three quarters of the MLP's weights,
+    is then the same for every member of a group, and is computed for one (``base``). Each member's
+    A x is one wider product per group, x @ [A_1; A_2; ...]^T (``down``), which reads x once where
+    a product per member read it k times. The same products, done once: exact up to the order of
+    the sums in A x (another matrix shape, so another blocking of its 784-term sums).
+    """
+    leaders: torch.Tensor  # (groups,): one member per group, whose batch is gathered
+    group: torch.Tensor    # (N,): each member's group
+    slot: torch.Tensor     # (N,): its place in the group
+    size: int              # members in the largest group
+    weight: torch.Tensor   # (groups, out, in): the groups' frozen W0
+    bias: torch.Tensor | None  # (groups, 1, out)
+
+    @classmethod
+    def find(cls, population: "Population", orders: Sequence[Hashable]) -> "SharedInput | None":
+        """The groups of ``population`` whose members have the same key in ``orders`` (their batch
+        order: the seed of its generator) and the same frozen first layer, bit for bit; None when
+        no two members share, or the first layer trains or draws dropout masks per member."""
+        first = population.layers[0]
+        linear_part = first.base if isinstance(first, StackedLoRA) else first
+        if not isinstance(linear_part, StackedLinear) or linear_part.weight.requires_grad or getattr(first, "dropout", 0):
+            return None
+        weight, bias = linear_part.weight.detach(), linear_part.bias
+        leaders, group, slot, sizes = [], [], [], []
+        for n, order in enumerate(orders):
+            same = (g for g, leader in enumerate(leaders) if orders[leader] == order
+                    and torch.equal(weight[leader], weight[n]) and (bias is None or torch.equal(bias[leader], bias[n])))
+            g = next(same, None)
+            if g is None:
+                g = len(leaders)
+                leaders.append(n)
+                sizes.append(0)
+            group.append(g)
+            slot.append(sizes[g])
+            sizes[g] += 1
+        if len(leaders) == len(orders):
+            return None
+        device = weight.device
+        leaders_t = torch.tensor(leaders, device=device)
+        return cls(leaders_t, torch.tensor(group, device=device), torch.tensor(slot, device=device), max(sizes),
+                   weight[leaders_t].mT, None if bias is None else bias.detach()[leaders_t])
+
+    def __len__(self) -> int:
+        return len(self.leaders)
+
+    def spread(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A tensor with a row per group, as a row per member."""
+        return tensor.index_select(0, self.group)
+
+    def base(self, x: torch.Tensor, with_bias: bool) -> torch.Tensor:
+        """W0 x (+ b) per member, from one product per group: (N, batch, out)."""
+        return self.spread(linear(x, self.weight, self.bias if with_bias else None))
+
+    def down(self, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+        """A x per member, (N, batch, rank), from one product per group with its members' A stacked
+        (zero rows where a group has fewer members than the largest)."""
+        groups, rank = len(self), A.shape[-2]
+        stacked = A.new_zeros(groups, self.size, *A.shape[1:]).index_put((self.group, self.slot), A)
+        products = linear(x, stacked.flatten(1, 2))  # (groups, batch, size * rank)
+        return products.unflatten(2, (self.size, rank)).transpose(1, 2)[self.group, self.slot]
 
 
 def _layers(model: nn.Module) -> list[nn.Module]:
@@ -251,24 +336,25 @@ def _same(values: list, what: str):
     return values[0]
 
 
-def member_step(models: Sequence[nn.Module], lrs: Sequence[float]) -> Step:
+def member_step(models: Sequence[nn.Module], lrs: Sequence[float], orders: Sequence[Hashable] | None = None) -> Step:
     """How ``models`` train at once: one model alone, as itself (``training.OneModel``: a stack of
-    one is slower, and would change its float32 bits); more, stacked as a population."""
+    one is slower, and would change its float32 bits); more, stacked as a population, sharing
+    their first layer's work where ``orders`` (each member's batch order) allow (``SharedInput``)."""
     if len(models) == 1:
         return OneModel(models[0], lrs[0])
-    return PopulationStep(Population(models), list(lrs))
+    return PopulationStep(Population(models), list(lrs), orders)
 
 
 def train_population(population: Population, data: Split, *, epochs: int, batch_size: int,
                      lr: float | Sequence[float], generators: Sequence[torch.Generator],
                      log: Callable[[dict[int, dict]], None], log_every: int, max_loss: float = math.inf,
                      observe: Callable[[int, list[int]], None] | None = None,
-                     observe_every: int | None = None) -> list[MemberRun]:
+                     observe_every: int | None = None, orders: Sequence[Hashable] | None = None) -> list[MemberRun]:
     """``training.train_members`` for ``population``, at one rate ``lr`` or one per member: member i's
     records are those ``training.train`` would make for it alone, except that an epoch's
-    ``seconds`` is the population's divided by its members."""
+    ``seconds`` is the population's divided by its members. ``orders``: see ``PopulationStep``."""
     lrs = list(lr) if isinstance(lr, Sequence) else [lr] * len(population)
-    return train_members(PopulationStep(population, lrs), data, epochs=epochs, batch_size=batch_size,
+    return train_members(PopulationStep(population, lrs, orders), data, epochs=epochs, batch_size=batch_size,
                          generators=generators, log=log, log_every=log_every, max_loss=max_loss, observe=observe,
                          observe_every=observe_every)
 
@@ -279,11 +365,15 @@ class PopulationStep:
     One rate for all members: the fused Adam ``training.train`` uses (elementwise, so one Adam over
     stacked tensors is N Adams). A rate per member (a learning-rate grid trained as one
     population): ``MemberAdam``, the same update with the rate broadcast over the member dimension.
+
+    ``orders`` names each member's batch order (``launcher.train``: the seed of its generator);
+    members with the same order and the same frozen first layer share its work (``SharedInput``).
     """
 
-    def __init__(self, population: Population, lrs: list[float]):
-        self.population, self.lrs = population, lrs
+    def __init__(self, population: Population, lrs: list[float], orders: Sequence[Hashable] | None = None):
+        self.population, self.lrs, self.orders = population, lrs, orders
         self.optimizer = self._optimizer()
+        self.shared = SharedInput.find(population, orders) if orders is not None else None
         population.train()
 
     def _optimizer(self):
@@ -297,8 +387,12 @@ class PopulationStep:
 
     def step(self, data: Split, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One optimiser step on each member's batch; each member's loss (N,), the logits and labels."""
-        images, labels = data.images[indices], data.labels[indices]
-        logits = self.population(images)
+        if self.shared is None:
+            images, labels = data.batch(indices)
+        else:  # one batch per group: its members draw the same indices
+            images, labels = data.batch(indices[self.shared.leaders])
+            labels = self.shared.spread(labels)
+        logits = self.population(images, self.shared)
         n, batch, classes = logits.shape
         # mean over each member's batch, as F.cross_entropy does for one model; the sum over members
         # gives each member's parameters exactly the gradient of its own loss
@@ -320,6 +414,9 @@ class PopulationStep:
         self.population = Population([old.members[j] for j in rows], norm=_norm(old))
         self.lrs = [self.lrs[j] for j in rows]
         self.optimizer = self._optimizer()
+        if self.orders is not None:
+            self.orders = [self.orders[j] for j in rows]
+            self.shared = SharedInput.find(self.population, self.orders)
         new_parameters = [p for p in self.population.parameters() if p.requires_grad]
         index = torch.tensor(rows, device=old_parameters[0].device)
         for old_p, new_p in zip(old_parameters, new_parameters):

@@ -75,7 +75,7 @@ class OneModel:
         return 1
 
     def step(self, data: Split, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        images, labels = data.images[indices[0]], data.labels[indices[0]]
+        images, labels = data.batch(indices[0])
         logits = self.model(images)
         loss = F.cross_entropy(logits, labels)
         self.optimizer.zero_grad(set_to_none=True)

@@ -17,8 +17,9 @@ from loradora.methods import prepare
 from loradora.model import MLP
 from loradora.cache import pretrain_key
 from loradora.config import load_config
-from loradora.population import (DEFAULT_NORM, Population, StackedDoRA, population_chunks, rank_buckets,
-                                 train_population)
+from loradora.population import (DEFAULT_NORM, Population, PopulationStep, SharedInput, StackedDoRA,
+                                 population_chunks, rank_buckets, train_population)
+from loradora.training import train_members
 
 SEEDS = (1, 2, 3)
 BATCH = 64
@@ -311,3 +312,50 @@ def test_when_every_member_diverges_the_population_stops():
         model.layers[0].scaling = 1e9
     _, runs = losses_together(models, data, epochs=2, max_loss=1000.0)
     assert all(run.diverged and run.epoch_records == [] for run in runs)
+
+
+# A rate grid: every rate of a seed adapts that seed's base and draws that seed's batch order, so
+# the members of a seed share the first layer's frozen product and their batch (SharedInput). The
+# seeds are interleaved, so groups are not contiguous, and the ranks differ within a group.
+GRID = [(seed, rate, rank) for rate, rank in ((1e-3, 4), (3e-3, 1), (5e-4, 8)) for seed in SEEDS[:2]]
+
+
+def grid_members(method: str, dtype: torch.dtype) -> list[nn.Module]:
+    base_of = dict(zip(SEEDS, bases(dtype)))
+    options = {} if method == "head" else {"alpha": 8.0, "rank": 0}
+    return [member(base_of[seed], 100 * seed + i, method, **{**options, **({"rank": rank} if options else {})})
+            for i, (seed, rate, rank) in enumerate(GRID)]
+
+
+def grid_together(models: list[nn.Module], data: Split, epochs: int) -> tuple[list[list[float]], PopulationStep]:
+    seeds = [seed for seed, _, _ in GRID]
+    step = PopulationStep(Population(models), [rate for _, rate, _ in GRID], orders=seeds)
+    runs = train_members(step, data, epochs=epochs, batch_size=BATCH,
+                         generators=[torch.Generator().manual_seed(seed) for seed in seeds],
+                         log=lambda records: None, log_every=10)
+    return [[loss for record in run.epoch_records for loss in record["batch_losses"]] for run in runs], step
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "head"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_members_of_a_seed_share_its_first_layer_and_each_trains_as_it_would_alone(method, dtype):
+    steps = 200 if dtype == torch.float64 else 10
+    data = synthetic(steps // 4 * BATCH if dtype == torch.float64 else steps * BATCH, dtype)
+    epochs = 4 if dtype == torch.float64 else 1
+    alone = [reference_losses(model, data, seed, epochs=epochs, lr=rate, batch_size=BATCH)
+             for model, (seed, rate, _) in zip(grid_members(method, dtype), GRID)]
+    together, step = grid_together(grid_members(method, dtype), data, epochs)
+    assert step.shared is not None and len(step.shared) == 2  # two seeds: two batches and two base products
+    assert len(alone[0]) == steps
+    assert worst_relative(alone, together) <= (1e-12 if dtype == torch.float64 else 1e-6)
+
+
+def test_members_share_only_a_batch_order_and_a_base_that_are_both_the_same():
+    models = [member(base, seed, "lora", alpha=8.0, rank=4) for base, seed in zip(bases(torch.float64), SEEDS)]
+    assert SharedInput.find(Population(models), orders=[7, 7, 7]) is None  # one order, three bases
+    same_base = [member(bases(torch.float64)[0], seed, "lora", alpha=8.0, rank=4) for seed in SEEDS]
+    assert SharedInput.find(Population(same_base), orders=[1, 2, 3]) is None  # one base, three orders
+    shared = SharedInput.find(Population(same_base), orders=[1, 2, 1])
+    assert shared.group.tolist() == [0, 1, 0] and shared.slot.tolist() == [0, 0, 1]
+    assert SharedInput.find(Population([member(bases(torch.float64)[0], s, "full") for s in SEEDS]),
+                            orders=[1, 1, 1]) is None  # a first layer that trains is never shared
