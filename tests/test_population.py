@@ -322,8 +322,7 @@ GRID = [(seed, rate, rank) for rate, rank in ((1e-3, 4), (3e-3, 1), (5e-4, 8)) f
 
 def grid_members(method: str, dtype: torch.dtype) -> list[nn.Module]:
     base_of = dict(zip(SEEDS, bases(dtype)))
-    options = {} if method == "head" else {"alpha": 8.0, "rank": 0}
-    return [member(base_of[seed], 100 * seed + i, method, **{**options, **({"rank": rank} if options else {})})
+    return [member(base_of[seed], 100 * seed + i, method, **({} if method == "head" else {"alpha": 8.0, "rank": rank}))
             for i, (seed, rate, rank) in enumerate(GRID)]
 
 
