@@ -2,6 +2,7 @@
 
     python benchmarks/population_speed.py epochs [--sizes 1 5 20 32 50] [--repeats 3]
     python benchmarks/population_speed.py runs [--repeats 1] [--sweep]
+    python benchmarks/population_speed.py precision [--sizes 1 20 32] [--repeats 3]
 
 epochs  One epoch of pretraining, LoRA and DoRA (rank 4) per member, for populations of each size,
         against the compute floor: the epoch's FLOPs (counted by torch's FlopCounterMode on one
@@ -27,6 +28,9 @@ epochs  One epoch of pretraining, LoRA and DoRA (rank 4) per member, for populat
         sharing the frozen first layer across members would remove is still counted, so sharing
         shows as beating them. Neither counts the LoRA add, the bias gradient's reduction or
         forming DoRA's V in the direct norm (its matmuls are counted), so the roofline is a floor.
+precision  One epoch of pretraining, LoRA and DoRA per member, as the project trains them
+        (population.member_step: one model alone, more as a population), with precision fp32
+        against bf16 (autocast products, float32 master weights), side by side.
 runs    Whole runs of dora_example.py, each in a fresh process (wall time from outside, peak
         resident memory from the child): 20 seeds of LoRA and DoRA, 1 fine-tuning epoch, cache off,
         with experiment.population auto against 1; with --sweep also configs/rank_sweep.yaml.
@@ -61,10 +65,12 @@ from loradora.config import load_config, resolve_device  # noqa: E402
 from loradora.data import load_mnist  # noqa: E402
 from loradora.methods import prepare  # noqa: E402
 from loradora.model import MLP  # noqa: E402
-from loradora.population import Population, StackedDoRA, train_population  # noqa: E402
-from loradora.training import train  # noqa: E402
+from loradora.population import Population, StackedDoRA, member_step, train_population  # noqa: E402
+from loradora.run_folder import cpu_name  # noqa: E402
+from loradora.training import train, train_members  # noqa: E402
 
 PHASES = ("pretrain", "lora", "dora")
+PRECISIONS = ("fp32", "bf16")
 
 
 def members(phase: str, n: int, config, device) -> list[torch.nn.Module]:
@@ -91,6 +97,16 @@ def single_epoch(model, data, config) -> float:
     train(model, data, epochs=1, batch_size=config.finetune.batch_size, lr=config.finetune.lr,
           generator=torch.Generator().manual_seed(0), log=lambda record: None, log_every=10**9)
     return now(data.images.device) - start
+
+
+def project_epoch(models, data, config, precision: str) -> float:
+    """Seconds per member of one epoch of ``models`` as a run trains them (population.member_step)."""
+    step = member_step(models, [config.finetune.lr] * len(models), precision=precision)
+    start = now(data.images.device)
+    train_members(step, data, epochs=1, batch_size=config.finetune.batch_size,
+                  generators=[torch.Generator().manual_seed(i) for i in range(len(models))],
+                  log=lambda records: None, log_every=10**9)
+    return (now(data.images.device) - start) / len(models)
 
 
 def step_flops(model, data, batch_size: int) -> int:
@@ -303,6 +319,27 @@ def print_roofline(roof: dict, steps: int, device) -> None:
               f"{r['rate'] / 1e9:>10.1f}{r['moved'] / r['rate'] * 1e3:>9.3f}{steps * r['seconds']:>12.3f}")
 
 
+def precision_benchmark(args) -> None:
+    config = load_config(REPO / "configs" / "default.yaml", args.overrides)
+    device = resolve_device(config.device)
+    data = load_mnist(REPO / config.data.root, train=True, device=device, subset=config.data.train_subset)
+    print(f"torch {torch.__version__} on {device_name(device)}; {len(data):,} images, batch "
+          f"{config.finetune.batch_size}, rank {config.lora.rank}; fastest of {args.repeats} per cell")
+    ways = [(phase, n) for phase in PHASES for n in args.sizes]
+    best = {(way, precision): float("inf") for way in ways for precision in PRECISIONS}
+    for repeat in range(args.repeats):
+        for way in ways:
+            for precision in PRECISIONS if repeat % 2 == 0 else PRECISIONS[::-1]:  # alternate which goes first
+                phase, n = way
+                seconds = project_epoch(members(phase, n, config, device), data, config, precision)
+                best[way, precision] = min(best[way, precision], seconds)
+        print(f"repeat {repeat + 1} done", file=sys.stderr, flush=True)
+    print(f"\n{'phase':<10}{'N':>4}{'fp32 s/member':>15}{'bf16 s/member':>15}{'fp32 / bf16':>13}")
+    for way in ways:
+        fp32, bf16 = best[way, "fp32"], best[way, "bf16"]
+        print(f"{way[0]:<10}{way[1]:>4}{fp32:>15.3f}{bf16:>15.3f}{fp32 / bf16:>12.2f}x")
+
+
 def whole_run(overrides: list[str]) -> dict:
     """One dora_example.py run in a fresh process: wall seconds, peak resident MB, and its summary."""
     with tempfile.TemporaryDirectory() as out:
@@ -349,7 +386,9 @@ def runs_benchmark(args) -> None:
 
 
 def device_name(device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_name()}, {torch.get_num_threads()} threads"
 
 
 def main():
@@ -359,11 +398,15 @@ def main():
     epochs.add_argument("--sizes", type=int, nargs="+", default=[1, 5, 20, 32, 50])
     epochs.add_argument("--repeats", type=int, default=3)
     epochs.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    precision = commands.add_parser("precision", help="per-member epoch time, fp32 against bf16")
+    precision.add_argument("--sizes", type=int, nargs="+", default=[1, 20, 32])
+    precision.add_argument("--repeats", type=int, default=3)
+    precision.add_argument("overrides", nargs="*", metavar="key.sub=value")
     runs = commands.add_parser("runs", help="whole runs, population auto against 1")
     runs.add_argument("--repeats", type=int, default=1)
     runs.add_argument("--sweep", action="store_true", help="also configs/rank_sweep.yaml (minutes)")
     args = parser.parse_args()
-    epochs_benchmark(args) if args.command == "epochs" else runs_benchmark(args)
+    {"epochs": epochs_benchmark, "precision": precision_benchmark, "runs": runs_benchmark}[args.command](args)
 
 
 if __name__ == "__main__":

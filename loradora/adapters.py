@@ -95,13 +95,23 @@ def lora_weight(weight: torch.Tensor, A: torch.Tensor, B: torch.Tensor, s) -> to
     return weight + s * torch.bmm(B, A)  # a per-member s is a tensor, which addmm's alpha cannot be
 
 
+def in_float32(weight: torch.Tensor):
+    """A context in which autocast (precision: bf16) leaves the products in the weight's own dtype.
+
+    DoRA's row norm is the magnitude's divisor: rounded to bfloat16's 8 bits it would move m / ||V||
+    off 1 at init (the output off the base's) and the norm off the one the gradient is scaled by.
+    Its products do not grow with the batch, so float32 costs little.
+    """
+    return torch.autocast(weight.device.type, enabled=False)
+
+
 def dora_row_norm(weight: torch.Tensor, A: torch.Tensor, B: torch.Tensor, s, detach: bool) -> torch.Tensor:
     """||W0 + s*B@A|| over each output row, (..., out): DoRA eq. 5's ||.||_c, one per entry of m.
 
     Floored at NORM_EPS, so an all-zero row gives m / ||V|| = 0, not NaN. With ``detach`` the norm
     is a constant to autograd (DoRA section 4.3): the gradient skips its term, and no graph is kept.
     """
-    with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not detach), in_float32(weight):
         return row_norms(lora_weight(weight, A, B, s)).clamp_min(NORM_EPS)
 
 
@@ -114,7 +124,7 @@ def dora_row_norm_expanded(weight: torch.Tensor, weight_norm_sq: torch.Tensor, A
     the same FLOPs, but no (N, out, in) tensor written and read again every step: the population's
     fast path (population.DEFAULT_NORM; tests hold it to ``dora_row_norm``).
     """
-    with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not detach), in_float32(weight):
         cross = (B.mT * (A @ weight.mT)).sum(dim=-2, keepdim=True)
         quadratic = (B.mT * ((A @ A.mT) @ B.mT)).sum(dim=-2, keepdim=True)
         squared = weight_norm_sq + 2 * s * cross + s * s * quadratic

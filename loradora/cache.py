@@ -55,6 +55,7 @@ def pretrain_key(config: Config, seed: int, device: torch.device, population: li
         "pretrain": {"epochs": config.pretrain.epochs, "batch_size": config.pretrain.batch_size,
                      "lr": config.pretrain.lr},
         "seed": seed,
+        "precision": config.precision,
         "numerics": numerics(device),
         "code": source_digest(SOURCES),
     }

@@ -10,6 +10,7 @@ ADAPTER_METHODS = ("lora", "dora")          # loradora/adapters.py: ADAPTERS
 BASELINES = ("full", "head")                # loradora/methods.py: prepare
 METHODS = (*ADAPTER_METHODS, *BASELINES)
 TASKS = ("same", "rotate", "permute")       # loradora/tasks.py: shift_split
+PRECISIONS = ("fp32", "bf16")               # loradora/training.py: products_in
 
 N_PIXELS = 28 * 28  # an MNIST image, flattened
 N_CLASSES = 10

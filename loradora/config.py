@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from loradora.choices import METHODS, N_CLASSES, N_PIXELS, SCALINGS, TASKS
+from loradora.choices import METHODS, N_CLASSES, N_PIXELS, PRECISIONS, SCALINGS, TASKS
 
 if TYPE_CHECKING:
     import torch
@@ -240,6 +240,7 @@ class Config:
     seed: int = 123
     device: str = "auto"
     deterministic: bool = False
+    precision: str = "fp32"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -407,8 +408,9 @@ def validate(config: Config) -> None:
     Sections are checked in Config's order, which puts a key before those whose checks read it
     (model.hidden_sizes before the rank limits it sets, data before experiment.lrs).
     """
-    checks = [(f"{name}.{key}", ok, allowed) for name, section in sections(config)
-              for key, ok, allowed in section.checks(config)]
+    checks = [("precision", config.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}")]
+    checks += [(f"{name}.{key}", ok, allowed) for name, section in sections(config)
+               for key, ok, allowed in section.checks(config)]
     # One rule for the paths of every section: the OS would refuse a NUL only once a run had begun.
     checks += [(key, "\0" not in (lookup(config, key) or ""), "a path without a NUL character")
                for key in PATH_KEYS]

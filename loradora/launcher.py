@@ -51,6 +51,7 @@ class TrainJob:
     log_every: int
     max_loss: float
     observe_every: int | None
+    precision: str        # the products' (training.products_in)
 
     @property
     def lrs(self) -> list[float]:
@@ -65,7 +66,7 @@ def train(job: TrainJob, log: Callable[[dict[int, dict]], None]) -> list[MemberR
             if job.trackers[i] is not None:
                 job.trackers[i](step)
 
-    return train_members(member_step(job.models, job.lrs, job.seeds), job.data, epochs=job.epochs, batch_size=job.batch_size,
+    return train_members(member_step(job.models, job.lrs, job.seeds, job.precision), job.data, epochs=job.epochs, batch_size=job.batch_size,
                          generators=[torch.Generator().manual_seed(seed) for seed in job.seeds], log=log,
                          log_every=job.log_every, max_loss=job.max_loss, observe=observe,
                          observe_every=job.observe_every)

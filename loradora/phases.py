@@ -71,13 +71,14 @@ def assert_unchanged(model: nn.Module, frozen: dict, phase: str) -> None:
 
 
 def population_job(models: list[nn.Module], settings, train_data: Split, seeds: list[int], log_every: int,
-                   trackers: list | None = None, track_every: int | None = None,
+                   precision: str, trackers: list | None = None, track_every: int | None = None,
                    lrs: list[float] | None = None) -> TrainJob:
     """What training ``models`` as one population takes: member i is seed ``seeds[i]``'s model, at
-    rate ``lrs[i]`` (default: ``settings.lr``), measured by ``trackers[i]`` if given."""
+    rate ``lrs[i]`` (default: ``settings.lr``), measured by ``trackers[i]`` if given; its products
+    in ``precision`` (the config's)."""
     return TrainJob(models, trackers or [None] * len(models), train_data, seeds, lrs or settings.lr,
                     epochs=settings.epochs, batch_size=settings.batch_size, log_every=log_every,
-                    max_loss=settings.max_loss, observe_every=track_every)
+                    max_loss=settings.max_loss, observe_every=track_every, precision=precision)
 
 
 def fit(launcher, pending, variants: list[Variant], test_data: Split, record: Record) -> list[MethodResult]:

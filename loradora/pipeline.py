@@ -198,7 +198,7 @@ class Experiment:
         for chunk in population_chunks(members, config.experiment.population, self.device):
             tuned = [phases.start_variant(bases[i], variant, seeds[i], track=bool(every)) for i, variant in chunk]
             job = phases.population_job([t.model for t in tuned], config.finetune, task.train,
-                                        [seeds[i] for i, _ in chunk], config.log.every_n_batches,
+                                        [seeds[i] for i, _ in chunk], config.log.every_n_batches, config.precision,
                                         [t.tracker for t in tuned], every,
                                         lrs=[rates[variant.name] for _, variant in chunk])
             submitted.append((chunk, tuned, launcher.submit(job)))
@@ -226,7 +226,8 @@ class Experiment:
                 models = [phases.start_variant(bases[i], variant, seeds[i], track=False).model
                           for variant, _, i in chunk]
                 job = phases.population_job(models, config.finetune, task.train, [seeds[i] for *_, i in chunk],
-                                            config.log.every_n_batches, lrs=[lr for _, lr, _ in chunk])
+                                            config.log.every_n_batches, config.precision,
+                                            lrs=[lr for _, lr, _ in chunk])
                 submitted.append((chunk, launcher.submit(job)))
         accuracies = {}  # (variant name, rate) -> validation accuracies over the tuning seeds (None: diverged)
         for chunk, pending in submitted:
@@ -259,7 +260,7 @@ class Experiment:
                 submitted.append((chunk, paths, cached))
                 continue
             job = phases.population_job([bases[i] for i in chunk], config.pretrain, mnist.train, chunk_seeds,
-                                        config.log.every_n_batches)
+                                        config.log.every_n_batches, config.precision)
             submitted.append((chunk, paths, self.launcher.submit(job)))
         results = [None] * len(seeds)
         for chunk, paths, pending in submitted:

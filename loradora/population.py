@@ -38,7 +38,7 @@ from loradora.adam import FusedAdam, MemberAdam
 from loradora.adapters import (DoRALinear, LoRALinear, applies_dropout, dora_forward, dora_output, dora_row_norm,
                                dora_row_norm_expanded, linear, lora_forward, lora_output)
 from loradora.data import Split
-from loradora.training import MemberRun, OneModel, Step, train_members
+from loradora.training import MemberRun, OneModel, Step, products_in, train_members, widened
 
 NORMS = ("direct", "expanded")
 # The expanded norm, measured per member on the 2-core CPU (full epochs, rank 4,
@@ -336,25 +336,29 @@ def _same(values: list, what: str):
     return values[0]
 
 
-def member_step(models: Sequence[nn.Module], lrs: Sequence[float], orders: Sequence[Hashable] | None = None) -> Step:
+def member_step(models: Sequence[nn.Module], lrs: Sequence[float], orders: Sequence[Hashable] | None = None,
+                precision: str = "fp32") -> Step:
     """How ``models`` train at once: one model alone, as itself (``training.OneModel``: a stack of
     one is slower, and would change its float32 bits); more, stacked as a population, sharing
-    their first layer's work where ``orders`` (each member's batch order) allow (``SharedInput``)."""
+    their first layer's work where ``orders`` (each member's batch order) allow (``SharedInput``).
+    ``precision``: see ``training.products_in``."""
     if len(models) == 1:
-        return OneModel(models[0], lrs[0])
-    return PopulationStep(Population(models), list(lrs), orders)
+        return OneModel(models[0], lrs[0], precision)
+    return PopulationStep(Population(models), list(lrs), orders, precision)
 
 
 def train_population(population: Population, data: Split, *, epochs: int, batch_size: int,
                      lr: float | Sequence[float], generators: Sequence[torch.Generator],
                      log: Callable[[dict[int, dict]], None], log_every: int, max_loss: float = math.inf,
                      observe: Callable[[int, list[int]], None] | None = None,
-                     observe_every: int | None = None, orders: Sequence[Hashable] | None = None) -> list[MemberRun]:
+                     observe_every: int | None = None, orders: Sequence[Hashable] | None = None,
+                     precision: str = "fp32") -> list[MemberRun]:
     """``training.train_members`` for ``population``, at one rate ``lr`` or one per member: member i's
     records are those ``training.train`` would make for it alone, except that an epoch's
-    ``seconds`` is the population's divided by its members. ``orders``: see ``PopulationStep``."""
+    ``seconds`` is the population's divided by its members. ``orders``, ``precision``: see
+    ``PopulationStep``."""
     lrs = list(lr) if isinstance(lr, Sequence) else [lr] * len(population)
-    return train_members(PopulationStep(population, lrs, orders), data, epochs=epochs, batch_size=batch_size,
+    return train_members(PopulationStep(population, lrs, orders, precision), data, epochs=epochs, batch_size=batch_size,
                          generators=generators, log=log, log_every=log_every, max_loss=max_loss, observe=observe,
                          observe_every=observe_every)
 
@@ -368,10 +372,12 @@ class PopulationStep:
 
     ``orders`` names each member's batch order (``launcher.train``: the seed of its generator);
     members with the same order and the same frozen first layer share its work (``SharedInput``).
+    ``precision``: see ``training.products_in``.
     """
 
-    def __init__(self, population: Population, lrs: list[float], orders: Sequence[Hashable] | None = None):
-        self.population, self.lrs, self.orders = population, lrs, orders
+    def __init__(self, population: Population, lrs: list[float], orders: Sequence[Hashable] | None = None,
+                 precision: str = "fp32"):
+        self.population, self.lrs, self.orders, self.precision = population, lrs, orders, precision
         self.optimizer = self._optimizer()
         self.shared = SharedInput.find(population, orders) if orders is not None else None
         population.train()
@@ -392,11 +398,12 @@ class PopulationStep:
         else:  # one batch per group: its members draw the same indices
             images, labels = data.batch(indices[self.shared.leaders])
             labels = self.shared.spread(labels)
-        logits = self.population(images, self.shared)
+        with products_in(self.precision, images.device):
+            logits = self.population(images, self.shared)
         n, batch, classes = logits.shape
         # mean over each member's batch, as F.cross_entropy does for one model; the sum over members
         # gives each member's parameters exactly the gradient of its own loss
-        losses = F.cross_entropy(logits.reshape(n * batch, classes), labels.reshape(-1),
+        losses = F.cross_entropy(widened(logits).reshape(n * batch, classes), labels.reshape(-1),
                                  reduction="none").view(n, batch).mean(dim=1)
         self.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()

@@ -13,6 +13,7 @@ def format_report(summary: dict) -> str:
     parts = [format_table(summary["methods"]) if len(seeds) == 1 else format_seed_table(summary["methods"], seeds)]
     parts.append(test_set_note(summary["config"]["finetune"]))
     parts.append(cache_note(summary["runs"]))
+    parts.append(precision_note(summary["config"]["precision"]))
     if summary.get("tuning"):
         parts.append(format_tuning(summary["tuning"]))
     comparisons = summary["comparisons"]
@@ -111,6 +112,14 @@ def test_set_note(finetune: dict) -> str:
     return textwrap.fill(f"Fine-tuned on {label}: the fine-tuned methods and no_finetune (the pretrained base, "
                          f"not fine-tuned) are tested on the equally shifted test set; pretrained on the "
                          f"plain MNIST test set.", width=100)
+
+
+def precision_note(precision: str) -> str:
+    if precision == "fp32":
+        return ""
+    return textwrap.fill("Trained with precision bf16: every matrix product of training in bfloat16, the weights, "
+                         "gradients, optimiser and evaluation in float32. An interval near the margin may differ "
+                         "from fp32's (docs/results.md measures it on configs/decisive.yaml).", width=100)
 
 
 def cache_note(runs: list[SeedResults]) -> str:

@@ -27,6 +27,7 @@ CANDIDATES = {
 # Every key whose value validate() can refuse for its range, as it was before the checks moved onto the
 # sections: a rule lost (or gained) on the way shows here.
 RANGE_CHECKED = {
+    "precision",
     "data.root", "data.train_subset", "data.test_subset", "data.validation_size",
     "model.hidden_sizes",
     "pretrain.epochs", "pretrain.batch_size", "pretrain.lr", "pretrain.max_loss",
