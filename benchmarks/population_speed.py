@@ -340,17 +340,20 @@ def precision_benchmark(args) -> None:
         print(f"{way[0]:<10}{way[1]:>4}{fp32:>15.3f}{bf16:>15.3f}{fp32 / bf16:>12.2f}x")
 
 
-def whole_run(overrides: list[str]) -> dict:
-    """One dora_example.py run in a fresh process: wall seconds, peak resident MB, and its summary."""
+def whole_run(overrides: list[str], checkout: Path = REPO) -> dict:
+    """One dora_example.py run of ``checkout`` in a fresh process: wall seconds, peak resident MB, and
+    its summary. MNIST is read from this checkout's data folder."""
     with tempfile.TemporaryDirectory() as out:
+        argv = [*overrides, f"data.root={REPO / 'data'}", f"output.dir={out}", "output.run_name=run"]
         wrapper = ("import runpy, sys\n"
-                   f"sys.argv = ['dora_example.py', *{overrides + ['output.dir=' + out, 'output.run_name=run']!r}]\n"
+                   f"sys.argv = ['dora_example.py', *{argv!r}]\n"
                    "try:\n    runpy.run_path('dora_example.py', run_name='__main__')\n"
                    "except SystemExit as done:\n    assert not done.code, done.code\n"
                    "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
                    "print('PEAK_KB', hwm)\n")
         start = time.perf_counter()
-        output = subprocess.run([sys.executable, "-c", wrapper], cwd=REPO, capture_output=True, text=True, check=True)
+        output = subprocess.run([sys.executable, "-c", wrapper], cwd=checkout, capture_output=True, text=True,
+                                check=True)
         seconds = time.perf_counter() - start
         summary = json.loads((Path(out) / "run" / "summary.json").read_text())
     peak_kb = int(output.stdout.rsplit("PEAK_KB", 1)[1])
@@ -358,31 +361,74 @@ def whole_run(overrides: list[str]) -> dict:
 
 
 def runs_benchmark(args) -> None:
+    """Each run's sides, alternated repeat by repeat; with --against, the same runs of that revision too."""
+    with tempfile.TemporaryDirectory() as tmp:
+        old = None
+        if args.against:
+            old = Path(tmp) / "against"
+            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(old), args.against],
+                           check=True, capture_output=True)
+        try:
+            for name, overrides, sides in planned_runs(args, old):
+                compare_runs(name, overrides, sides, args.repeats)
+        finally:
+            if old is not None:
+                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)], check=True)
+
+
+def planned_runs(args, old: Path | None) -> list[tuple[str, list[str], dict]]:
+    """(name, overrides, {side: (checkout, its own overrides)}) for each run the options ask for."""
     seeds = "experiment.seeds=[" + ", ".join(map(str, range(1, 21))) + "]"
-    runs = {"20 seeds, lora+dora, 1 epoch": [seeds, "finetune.methods=[lora, dora]", "finetune.epochs=1",
-                                              "cache.enabled=false"]}
+    sides = {"population auto": (REPO, ["experiment.population=auto"]),
+             "population 1": (REPO, ["experiment.population=1"])}
+    if old is not None:
+        sides[f"{args.against}, population 1"] = (old, ["experiment.population=1"])
+    runs = [("20 seeds, lora+dora, 1 epoch", [seeds, "finetune.methods=[lora, dora]", "finetune.epochs=1",
+                                               "cache.enabled=false"], sides)]
     if args.sweep:
-        runs["configs/rank_sweep.yaml"] = ["--config", "configs/rank_sweep.yaml", "cache.enabled=false"]
-    for name, overrides in runs.items():
-        results = {"auto": [], "1": []}
-        for _ in range(args.repeats):
-            for side in results:
-                results[side].append(whole_run([*overrides, f"experiment.population={side}"]))
-                print(f"{name}, population={side}: {results[side][-1]['seconds']:.1f} s", file=sys.stderr, flush=True)
-        fastest = {side: min(r, key=lambda r: r["seconds"]) for side, r in results.items()}
-        print(f"\n{name}: population auto {fastest['auto']['seconds']:.1f} s, one at a time "
-              f"{fastest['1']['seconds']:.1f} s: {fastest['1']['seconds'] / fastest['auto']['seconds']:.2f}x faster; "
-              f"peak memory {fastest['auto']['peak_mb']:.0f} MB against {fastest['1']['peak_mb']:.0f} MB")
-        methods = {side: fastest[side]["summary"]["methods"] for side in fastest}
-        for method in methods["auto"]:
-            a, b = methods["auto"][method], methods["1"][method]
-            print(f"  {method:<10} accuracy {a['test_accuracy']:.2f}% vs {b['test_accuracy']:.2f}% "
-                  f"({a['test_accuracy'] - b['test_accuracy']:+.2f}); train s per model {a['train_seconds']:.2f} "
-                  f"vs {b['train_seconds']:.2f}")
-        for side in methods:
-            lora, dora = (methods[side].get(m, {}).get("train_seconds") for m in ("lora", "dora"))
-            if lora and dora:
-                print(f"  DoRA / LoRA train s per model, population={side}: {dora / lora:.3f}")
+        runs.append(("configs/rank_sweep.yaml", ["--config", "configs/rank_sweep.yaml", "cache.enabled=false"],
+                     {side: sides[side] for side in ("population auto", "population 1")}))
+    if args.decisive:
+        decisive = {"this code": (REPO, [])}
+        if old is not None:
+            decisive[args.against] = (old, [])
+        runs.append(("configs/decisive.yaml", ["--config", "configs/decisive.yaml", "cache.enabled=false"],
+                     decisive))
+    return runs
+
+
+def compare_runs(name: str, overrides: list[str], sides: dict, repeats: int) -> None:
+    """Every side of one run, alternated; the fastest of each against the first side."""
+    results = {side: [] for side in sides}
+    for repeat in range(repeats):
+        for side in (list(sides) if repeat % 2 == 0 else list(sides)[::-1]):
+            checkout, own = sides[side]
+            results[side].append(whole_run([*overrides, *own], checkout))
+            print(f"{name}, {side}: {results[side][-1]['seconds']:.1f} s", file=sys.stderr, flush=True)
+    fastest = {side: min(r, key=lambda r: r["seconds"]) for side, r in results.items()}
+    first = next(iter(fastest))
+    print(f"\n{name} (fastest of {repeats} a side):")
+    for side, run in fastest.items():
+        print(f"  {side:<28} {run['seconds']:7.1f} s   {run['seconds'] / fastest[first]['seconds']:.2f}x the time "
+              f"of {first}; peak memory {run['peak_mb']:.0f} MB")
+    methods = {side: run["summary"]["methods"] for side, run in fastest.items()}
+    print(f"  {'test accuracy':<16}" + " | ".join(sides))
+    for method in methods[first]:
+        cells = [dash(methods[side].get(method, {}).get("test_accuracy")) for side in methods]
+        print(f"  {method:<16}" + " | ".join(cells))
+    for side in methods:
+        lora, dora = (methods[side].get(m, {}).get("train_seconds") for m in ("lora", "dora"))
+        if lora and dora:
+            print(f"  DoRA / LoRA train s per model, {side}: {dora / lora:.3f}")
+        for pair, c in fastest[side]["summary"].get("comparisons", {}).items():
+            print(f"  {side}, {pair}: {c['mean']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]")
+        if "tuning" in fastest[side]["summary"]:
+            print(f"  {side}, chosen rates: " + ", ".join(f"{m} {t['lr']:g}" for m, t in
+                                                         fastest[side]["summary"]["tuning"].items()))
+
+
+def dash(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def device_name(device) -> str:
@@ -405,6 +451,8 @@ def main():
     runs = commands.add_parser("runs", help="whole runs, population auto against 1")
     runs.add_argument("--repeats", type=int, default=1)
     runs.add_argument("--sweep", action="store_true", help="also configs/rank_sweep.yaml (minutes)")
+    runs.add_argument("--decisive", action="store_true", help="also configs/decisive.yaml (minutes)")
+    runs.add_argument("--against", metavar="REF", help="also the code at this git revision (a temporary worktree)")
     args = parser.parse_args()
     {"epochs": epochs_benchmark, "precision": precision_benchmark, "runs": runs_benchmark}[args.command](args)
 
