@@ -321,14 +321,43 @@ class DoRALinear(LoRALinear):
         return f"{super().extra_repr()}, detach_norm={self.detach_norm}"
 
 
-ADAPTERS = {"lora": LoRALinear, "dora": DoRALinear}  # keys: choices.ADAPTER_METHODS (tested)
+class DoRAMagnitude(DoRALinear):
+    """DoRA that trains its magnitude alone: B stays at zero, so V = W0 and W' = m * W0 / ||W0||.
+
+    Each output row can change its gain, never its direction: DoRA's magnitude component by itself
+    (DoRA section 3.2), one number per output feature. A is frozen too: with B = 0 its gradient,
+    B^T times the output's, is zero anyway, and a frozen A keeps the count of trainable parameters
+    honest (m alone). The maths is ``DoRALinear``'s; only what trains differs.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lora_A.requires_grad_(False)
+        self.lora_B.requires_grad_(False)
+
+
+class DoRADirection(DoRALinear):
+    """DoRA that trains its direction alone: m stays at ||W0|| row by row, so every row of
+    W' = m * V / ||V|| keeps its pretrained norm while B A turns it: a weight-normalised LoRA.
+
+    What DoRA's direction learns without the magnitude beside it (DoRA section 4.1: the gradient of
+    V is scaled by m / ||V|| and, with the norm detached, not projected; section 4.3).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.magnitude.requires_grad_(False)
+
+
+# keys: choices.ADAPTER_METHODS (tested); magnitude and direction take the dora: section's settings
+ADAPTERS = {"lora": LoRALinear, "dora": DoRALinear, "magnitude": DoRAMagnitude, "direction": DoRADirection}
 
 
 def add_adapters(model: nn.Module, method: str, rank: int, alpha: float,
                  targets: str | Sequence[str] | None = None, **options) -> nn.Module:
     """Freeze every parameter of ``model`` and wrap the target ``nn.Linear`` layers in place.
 
-    ``method`` is "lora" or "dora"; ``targets`` picks layers by name as PEFT's ``target_modules``
+    ``method`` is a key of ``ADAPTERS`` (lora, dora, or a part of DoRA alone); ``targets`` picks layers by name as PEFT's ``target_modules``
     does (see ``find_targets``; default: every ``nn.Linear``); ``options`` go to the layer
     (``scaling``, ``dropout``, and ``detach_norm`` for DoRA). Returns the model, whose only trainable parameters
     are now the adapters'.

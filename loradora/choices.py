@@ -6,7 +6,10 @@ their names from here, so the two cannot drift apart.
 """
 
 SCALINGS = ("standard", "rslora", "alpha")  # loradora/adapters.py: lora_scaling
-ADAPTER_METHODS = ("lora", "dora")          # loradora/adapters.py: ADAPTERS
+# magnitude and direction are DoRA with one part frozen (loradora/adapters.py: DoRAMagnitude,
+# DoRADirection); they take the dora: section's settings (ADAPTER_SECTIONS)
+ADAPTER_METHODS = ("lora", "dora", "magnitude", "direction")  # loradora/adapters.py: ADAPTERS
+ADAPTER_SECTIONS = {"lora": "lora", "dora": "dora", "magnitude": "dora", "direction": "dora"}
 BASELINES = ("full", "head")                # loradora/methods.py: prepare
 METHODS = (*ADAPTER_METHODS, *BASELINES)
 TASKS = ("same", "rotate", "permute")       # loradora/tasks.py: shift_split

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 from loradora.adapters import ADAPTERS, lora_scaling
+from loradora.choices import ADAPTER_SECTIONS
 from loradora.model import N_CLASSES, N_PIXELS
 from loradora.population import rank_buckets
 from loradora.analysis import DecompositionPoint, DecompositionTracker, fit_decomposition, unavailable_reason
@@ -22,7 +23,7 @@ from loradora.stats import paired_difference, spread, t_quantile_975, verdict
 @dataclass(frozen=True)
 class Variant:
     """What one phase trains, as fields: code groups and pairs variants by them, never by their name."""
-    method: str | None    # lora, dora, full or head; None for the pretraining and the untuned base
+    method: str | None    # one of choices.METHODS; None for the pretraining and the untuned base
     adapter: dict = dataclasses.field(default_factory=dict, hash=False)  # rank, alpha, scaling,
     # dropout (and detach_norm) for the adapters; empty for the rest
     swept: bool = False   # one of experiment.ranks: the rank is part of the name
@@ -44,7 +45,7 @@ class Variant:
     def settings(self) -> dict:
         """The MethodResult fields that say what was trained: method, rank, alpha, scaling, s, rates."""
         rates = None if self.method is None else self.rates
-        if not self.adapter:
+        if not self.adapter or self.method == "magnitude":  # B = 0: its rank and scaling change nothing
             return {"method": self.method, "rank": None, "alpha": None, "scaling": None, "s": None, "rates": rates}
         rank, alpha, scaling = self.adapter["rank"], self.adapter["alpha"], self.adapter["scaling"]
         return {"method": self.method, "rank": rank, "alpha": alpha, "scaling": scaling,
@@ -58,15 +59,17 @@ NO_FINETUNE = Variant(None, label="no_finetune")   # that base scored on a shift
 
 def finetune_variants(config) -> list[Variant]:
     """``finetune.methods`` in order; with ``experiment.ranks``, each adapter at every rank
-    (both adapters take the rank, each keeps its own alpha and scaling)."""
+    (every adapter takes the rank, each keeps its own alpha and scaling). An adapter's settings are
+    its config section's (``choices.ADAPTER_SECTIONS``: DoRA's parts alone take dora's); the
+    magnitude alone has no rank to sweep (its B stays zero)."""
     ranks = config.experiment.ranks
     variants = []
     for method in config.finetune.methods:
         if method not in ADAPTERS:
             variants.append(Variant(method))
             continue
-        settings = dataclasses.asdict(getattr(config, method))
-        if ranks is None:
+        settings = dataclasses.asdict(getattr(config, ADAPTER_SECTIONS[method]))
+        if ranks is None or method == "magnitude":
             variants.append(Variant(method, settings))
         else:
             variants += [Variant(method, {**settings, "rank": rank}, swept=True) for rank in ranks]

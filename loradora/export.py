@@ -9,6 +9,11 @@ Our lora_A (rank, in), lora_B (out, rank) and magnitude (out,) have the shapes o
 ``lora_A.weight``, ``lora_B.weight`` and ``lora_magnitude_vector``, and PEFT's DoRA takes the norm
 per output row and adds the bias after the re-scaling, as ours does; so the tensors go over as
 they are. peft is needed to load the export, not to write it.
+
+DoRA's parts alone (``magnitude``, ``direction``: adapters.DoRAMagnitude, DoRADirection) export as
+the DoRA adapters they are (use_dora, B = 0 or m = ||W0||), and PEFT predicts with them what we do.
+PEFT has no setting that trains one part alone; freezing it by hand after ``get_peft_model`` does
+(tests/test_peft_parity.py trains both that way).
 """
 
 from pathlib import Path
@@ -16,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from loradora.adapters import ADAPTERS, DoRALinear
 from loradora.checkpoints import adapter_settings, adapter_state_dict, save_tensors
 from loradora.files import write_json
 
@@ -52,7 +58,7 @@ def peft_config(settings: dict) -> dict:
         "r": settings["rank"],
         "lora_alpha": lora_alpha,
         "use_rslora": use_rslora,
-        "use_dora": settings["method"] == "dora",
+        "use_dora": issubclass(ADAPTERS[settings["method"]], DoRALinear),  # DoRA's parts alone are DoRA adapters
         "target_modules": settings["targets"],  # full module names: PEFT matches a name or a name suffix
         "lora_dropout": settings.get("dropout", 0.0),  # applied as ours is (loradora/adapters.py)
         "bias": "none",

@@ -21,6 +21,7 @@ from pathlib import Path
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from loradora.choices import ADAPTER_METHODS
 from loradora.files import WriteFailed, write_atomic
 from loradora.results import accuracy_std, from_json
 
@@ -100,7 +101,7 @@ def loss_panels(summary: dict, phases: list[str]) -> dict[str, list[str]]:
             panels["pretraining (all weights)"].append(phase)
         elif not sweep:
             panels["fine-tuning"].append(phase)
-        elif method in ("lora", "dora"):
+        elif method in ADAPTER_METHODS:
             panels[f"fine-tuning: {method} by rank"].append(phase)
         else:
             panels["fine-tuning: baselines"].append(phase)

@@ -127,8 +127,10 @@ class StackedLoRA(nn.Module):
         self.base = StackedLinear([adapter.base for adapter in adapters])
         self.ranks = [adapter.rank for adapter in adapters]
         rank = max(self.ranks)
-        self.lora_A = nn.Parameter(torch.stack([_pad(a.lora_A.detach().t(), 1, rank) for a in adapters]))
-        self.lora_B = nn.Parameter(torch.stack([_pad(a.lora_B.detach().t(), 0, rank) for a in adapters]))
+        self.lora_A = nn.Parameter(torch.stack([_pad(a.lora_A.detach().t(), 1, rank) for a in adapters]),
+                                   requires_grad=_trains(adapters, "lora_A"))
+        self.lora_B = nn.Parameter(torch.stack([_pad(a.lora_B.detach().t(), 0, rank) for a in adapters]),
+                                   requires_grad=_trains(adapters, "lora_B"))
         scalings = torch.tensor([adapter.scaling for adapter in adapters], dtype=self.lora_A.dtype)
         self.register_buffer("scaling", scalings.to(self.lora_A.device).view(-1, 1, 1))
         # dropout on (N, batch, in) draws every member's mask independently, as N layers would
@@ -182,7 +184,8 @@ class StackedDoRA(StackedLoRA):
             raise ValueError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}")
         self.norm = norm
         self.detach_norm = _same([adapter.detach_norm for adapter in adapters], "detach_norm")
-        self.magnitude = nn.Parameter(torch.stack([adapter.magnitude.detach() for adapter in adapters]))
+        self.magnitude = nn.Parameter(torch.stack([adapter.magnitude.detach() for adapter in adapters]),
+                                      requires_grad=_trains(adapters, "magnitude"))
         self.register_buffer("base_norm_sq", self.base.weight.detach().square().sum(dim=1, keepdim=True))
 
     def weight_norm(self) -> torch.Tensor:
@@ -313,9 +316,9 @@ def _layers(model: nn.Module) -> list[nn.Module]:
 
 def _stack(column: list[nn.Module], norm: str) -> nn.Module:
     kind = _same([type(layer) for layer in column], "layer type")
-    if kind is DoRALinear:
+    if issubclass(kind, DoRALinear):  # DoRA, or one of its parts alone (adapters.DoRAMagnitude, DoRADirection)
         return StackedDoRA(column, norm)
-    if kind is LoRALinear:
+    if issubclass(kind, LoRALinear):
         return StackedLoRA(column)
     if kind is nn.Linear:
         return StackedLinear(column)
@@ -328,6 +331,11 @@ def _pad(tensor: torch.Tensor, dim: int, size: int) -> torch.Tensor:
     """``tensor`` zero-padded along ``dim`` to ``size``."""
     padding = [0, 0] * (tensor.dim() - 1 - dim) + [0, size - tensor.shape[dim]]
     return F.pad(tensor, padding)
+
+
+def _trains(adapters: Sequence[LoRALinear], parameter: str) -> bool:
+    """Whether the members train ``parameter`` (DoRA's parts alone freeze some); all alike."""
+    return _same([getattr(adapter, parameter).requires_grad for adapter in adapters], f"{parameter}.requires_grad")
 
 
 def _same(values: list, what: str):

@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from conftest import REPO, smoke
+from conftest import REPO, smoke, summary_of
 from loradora.config import ConfigError, load_config
 from loradora.experiment import adapter_pairs, aggregate, finetune_variants
 from loradora.results import SeedResults
@@ -79,7 +79,7 @@ def test_variants_pair_by_their_fields_not_their_names():
 
 @pytest.mark.parametrize("override,message", [
     ("finetune.methods=[lora, bogus]", "finetune.methods: got ['lora', 'bogus'], allowed: a list drawn from "
-                                       "lora, dora, full, head"),
+                                       "lora, dora, magnitude, direction, full, head"),
     ("finetune.methods=[lora, lora]", "each method at most once"),
     ("finetune.task=flip", "finetune.task: got 'flip', allowed: one of same, rotate, permute"),
     ("experiment.seeds=[]", "experiment.seeds"),
@@ -133,6 +133,25 @@ def test_seeds_with_baselines_report_statistics_and_plots(tmp_path, mnist_root, 
     assert "Weight decomposition" in out
     assert (run / "loss_curves.png").exists() and (run / "dm_dd.png").exists()
     assert not (run / "accuracy_vs_rank.png").exists()  # not a rank sweep
+
+
+def test_the_parts_of_dora_alone_run_through_the_pipeline_and_their_files_reload(tmp_path, mnist_root):
+    # magnitude and direction take dora's settings; the magnitude alone has no rank to sweep
+    run = tiny_run(tmp_path, "parts", "experiment.seeds=[1, 2]", "experiment.ranks=[1, 2]",
+                   "finetune.methods=[dora, magnitude, direction]", "dora.alpha=3", "analysis.every_n_batches=4")
+    summary = summary_of(run)
+    assert list(summary["methods"]) == ["pretrained", "dora_r1", "dora_r2", "magnitude", "direction_r1", "direction_r2"]
+    methods = summary["methods"]
+    assert methods["magnitude"]["trainable_params"] == 128 + 256 + 10 and methods["magnitude"]["rank"] is None
+    assert methods["direction_r2"]["trainable_params"] == methods["dora_r2"]["trainable_params"] - (128 + 256 + 10)
+    assert methods["direction_r2"]["s"] == 3.0 / 2
+    first = summary["runs"][0]["methods"]
+    for name in ("magnitude", "direction_r1"):  # the adapter file re-attached to the saved base predicts the same
+        assert first[name]["file_checks"]["reloaded_test_correct"] == first[name]["test_correct"]
+        assert json.loads((run / "peft" / name / "adapter_config.json").read_text())["use_dora"] is True
+    assert "direction_r1" in summary["decomposition"]  # the magnitude's dD is rounding only: a line, or why not
+    assert "magnitude" in {**summary["decomposition"], **summary["decomposition_unavailable"]}
+    assert methods["magnitude"]["test_accuracies"] != methods["direction_r1"]["test_accuracies"]
 
 
 def test_rank_sweep_reports_every_rank(tmp_path, mnist_root, capsys):

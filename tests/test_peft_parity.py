@@ -138,3 +138,40 @@ def test_dropout_on_the_mlp_matches_peft(method):
     ours, theirs = twins(MLP(), method, "standard", None, MLP_LINEARS, dropout=0.5)
     ours.train(), theirs.train()
     assert_same_outputs_and_gradients(ours, theirs, method, torch.rand(64, 784), seed=3)
+
+
+# DoRA's parts alone (adapters.DoRAMagnitude, DoRADirection) are PEFT DoRA adapters with one part
+# frozen by hand after get_peft_model: PEFT has no setting for it, but its layers then train the same.
+PEFT_PART = {"lora_A": "lora_A", "lora_B": "lora_B", "magnitude": "lora_magnitude_vector"}
+
+
+@pytest.mark.parametrize("method", ["magnitude", "direction"])
+def test_a_part_of_dora_alone_trains_as_peft_dora_with_the_other_part_frozen(method):
+    torch.manual_seed(0)
+    base = MLP((16, 24)).double()
+    torch.manual_seed(1)
+    ours = add_adapters(copy.deepcopy(base), method, RANK, ALPHA)
+    theirs = get_peft_model(copy.deepcopy(base), LoraConfig(r=RANK, lora_alpha=ALPHA, use_dora=True,
+                                                            target_modules=MLP_LINEARS))
+    inner = theirs.base_model.model
+    with torch.no_grad():
+        for name, layer in adapter_layers(ours).items():
+            for ours_name, parameter in layer.named_parameters(recurse=False):
+                peft_parameter = inner.get_submodule(f"{name}.{PEFT_PART[ours_name]}")["default"].weight
+                peft_parameter.copy_(parameter).requires_grad_(parameter.requires_grad)
+    generator = torch.Generator().manual_seed(2)
+    batches = [(torch.rand(32, 784, generator=generator, dtype=torch.float64),
+                torch.randint(0, 10, (32,), generator=generator)) for _ in range(10)]
+    for model in (ours, theirs):
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        for x, y in batches:
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    for name, layer in adapter_layers(ours).items():
+        for ours_name, parameter in layer.named_parameters(recurse=False):
+            peft_parameter = inner.get_submodule(f"{name}.{PEFT_PART[ours_name]}")["default"].weight
+            assert_close_to_scale(parameter.detach(), peft_parameter.detach(), f"{name}.{ours_name}", rel=1e-10)
+    x = batches[0][0]
+    assert_close_to_scale(ours(x), theirs(x), "outputs after training", rel=1e-10)
+    assert (ours(x) - base(x)).abs().max() > 1e-2  # it trained

@@ -78,6 +78,8 @@ CASES = [
     ("dora", {"alpha": 8.0}, (4, 4, 4)),
     ("dora", {"alpha": 8.0}, (1, 4, 8)),
     ("dora", {"alpha": 8.0, "detach_norm": False}, (1, 4, 8)),
+    ("magnitude", {"alpha": 8.0}, (4, 4, 4)),  # DoRA's parts alone: their frozen tensors stacked frozen
+    ("direction", {"alpha": 8.0}, (1, 4, 8)),
 ]
 
 
@@ -96,7 +98,7 @@ def members(case, dtype: torch.dtype) -> list[nn.Module]:
 @pytest.mark.parametrize("norm", ["direct", "expanded"])
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_every_member_trains_as_it_would_alone_in_float64(case, norm):
-    if norm == "expanded" and case[0] != "dora":
+    if norm == "expanded" and case[0] not in ("dora", "magnitude", "direction"):
         pytest.skip("the norm path is DoRA's only")
     data = synthetic(50 * BATCH, torch.float64)  # 50 steps an epoch, 200 in all
     alone = [losses_alone(model, data, seed, epochs=4) for model, seed in zip(members(case, torch.float64), SEEDS)]
@@ -118,9 +120,10 @@ def test_every_member_trains_as_it_would_alone_in_float32(case):
     assert worst_relative(alone, together) <= 1e-6
 
 
-def test_members_are_written_back_and_frozen_weights_stay_bit_identical():
+@pytest.mark.parametrize("method", ["dora", "magnitude", "direction"])
+def test_members_are_written_back_and_frozen_weights_stay_bit_identical(method):
     data = synthetic(8 * BATCH, torch.float32)
-    models = members(("dora", {"alpha": 8.0}, (1, 4, 8)), torch.float32)
+    models = members((method, {"alpha": 8.0}, (1, 4, 8)), torch.float32)
     before = [{name: p.detach().clone() for name, p in model.named_parameters()} for model in models]
     losses_together(models, data, epochs=1)
     for model, initial in zip(models, before):
@@ -335,7 +338,7 @@ def grid_together(models: list[nn.Module], data: Split, epochs: int) -> tuple[li
     return [[loss for record in run.epoch_records for loss in record["batch_losses"]] for run in runs], step
 
 
-@pytest.mark.parametrize("method", ["lora", "dora", "head"])
+@pytest.mark.parametrize("method", ["lora", "dora", "direction", "head"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 def test_members_of_a_seed_share_its_first_layer_and_each_trains_as_it_would_alone(method, dtype):
     steps = 200 if dtype == torch.float64 else 10
