@@ -12,7 +12,9 @@ ADAPTER_METHODS = ("lora", "dora", "magnitude", "direction")  # loradora/adapter
 ADAPTER_SECTIONS = {"lora": "lora", "dora": "dora", "magnitude": "dora", "direction": "dora"}
 BASELINES = ("full", "head")                # loradora/methods.py: prepare
 METHODS = (*ADAPTER_METHODS, *BASELINES)
-TASKS = ("same", "rotate", "permute")       # loradora/tasks.py: shift_split
+SHIFTS = ("same", "rotate", "permute")      # loradora/tasks.py: shift_split
+TEACHER_TASKS = ("gain", "turn")            # loradora/teachers.py: TEACHERS; labels from each seed's base
+TASKS = (*SHIFTS, *TEACHER_TASKS)
 PRECISIONS = ("fp32", "bf16")               # loradora/training.py: products_in
 
 N_PIXELS = 28 * 28  # an MNIST image, flattened

@@ -104,6 +104,7 @@ class FinetuneConfig(PretrainConfig):
     task: str = "same"
     rotate_degrees: float = 45.0
     permutation_seed: int = 0
+    teacher_seed: int = 0
 
     def checks(self, config: "Config") -> list[Check]:
         return super().checks(config) + [

@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,18 +42,38 @@ class DataUnavailable(RuntimeError):
 @dataclass
 class Split:
     images: torch.Tensor  # (N, 784) float32 in [0, 1], as torchvision's ToTensor() scales them
-    labels: torch.Tensor  # (N,) int64 class indices
+    labels: torch.Tensor  # (N,) int64 class indices; or (seeds, N): a teacher's per seed (tasks.taught)
+    seeds: tuple[int, ...] | None = None  # with (seeds, N) labels: the seed whose labels each row holds
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return self.labels.shape[-1]
 
-    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def of_seed(self, seed: int) -> "Split":
+        """The split as seed ``seed``'s models see it: itself, unless its labels differ by seed."""
+        if self.seeds is None:
+            return self
+        return Split(self.images, self.labels[self.seeds.index(seed)])
+
+    def rows(self, seeds: Sequence[int] | None) -> torch.Tensor | None:
+        """The label row of each of ``seeds`` (a population's members), for ``batch``; None when every
+        seed has the same labels."""
+        if self.seeds is None:
+            return None
+        if seeds is None:
+            raise ValueError("this split's labels differ by seed: say each member's seed")
+        return torch.tensor([self.seeds.index(seed) for seed in seeds], device=self.labels.device)
+
+    def batch(self, indices: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The images and labels at ``indices`` (any shape), as ``images[indices]`` would give them:
         index_select over the flattened indices is the same copy, 3-4x faster than advanced indexing
-        for a population's (N, 64) batch (1.11 ms against 0.38, 2-core Xeon, torch 2.14.1)."""
+        for a population's (N, 64) batch (1.11 ms against 0.38, 2-core Xeon, torch 2.14.1). With
+        labels per seed, member i of the (N, ...) indices takes its labels from row ``rows[i]``."""
         flat = indices.reshape(-1)
-        return (self.images.index_select(0, flat).view(*indices.shape, -1),
-                self.labels.index_select(0, flat).view(indices.shape))
+        images = self.images.index_select(0, flat).view(*indices.shape, -1)
+        if self.seeds is None:
+            return images, self.labels.index_select(0, flat).view(indices.shape)
+        labels = self.labels.index_select(0, rows).gather(1, indices.reshape(len(rows), -1))
+        return images, labels.view(indices.shape)
 
 
 def load_mnist(root: str | Path, train: bool, device: torch.device | str = "cpu",

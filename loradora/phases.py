@@ -84,7 +84,7 @@ def population_job(models: list[nn.Module], settings, train_data: Split, seeds: 
 def fit(launcher, pending, variants: list[Variant], test_data: Split, record: Record) -> list[MethodResult]:
     """A phase's models, submitted to ``launcher`` as one population (of one, for a model trained
     alone): member i is ``variants[i]``. Waits for their training, then tests each member on the
-    whole of ``test_data``; a member that diverged gets its error instead. ``tracker``s, when the
+    whole of ``test_data`` (with its seed's labels, where a teacher labels each seed's own way); a member that diverged gets its error instead. ``tracker``s, when the
     job has them, measure the weight decomposition after the last step too."""
     job = pending.job
     trained = collect(launcher, pending, [variant.name for variant in variants], record)
@@ -97,7 +97,7 @@ def fit(launcher, pending, variants: list[Variant], test_data: Split, record: Re
             continue
         if tracker is not None:
             tracker(sum(len(r["batch_losses"]) for r in member.epoch_records))
-        results.append(score(model, variant, test_data, tagged(record, seed=seed, member=True),
+        results.append(score(model, variant, test_data.of_seed(seed), tagged(record, seed=seed, member=True),
                              epoch_records=member.epoch_records, **training))
     show_members(", ".join(dict.fromkeys(variant.name for variant in variants)),
                  [test_record(result) for result in results if not result.diverged])

@@ -38,7 +38,8 @@ from loradora.report import format_report, format_tuning
 from loradora.results import MethodResult, SeedResults
 from loradora.run_folder import MetricsLog, OutputUnavailable, create_run_dir, environment
 from loradora.stops import Received, stop_on_signals
-from loradora.tasks import shift_split, task_label
+from loradora.choices import SHIFTS, TEACHER_TASKS
+from loradora.tasks import shift_split, task_label, taught, teachers_of
 from loradora.tensorboard import TensorBoardLog, TensorBoardUnavailable, require_tensorboard
 from loradora.training import evaluate, use_deterministic_algorithms
 
@@ -99,7 +100,7 @@ def load_data(config: Config, device: torch.device) -> tuple[Splits, Splits]:
         return None if split is None else shift_split(split, settings.task, settings.rotate_degrees,
                                                       settings.permutation_seed)
 
-    if settings.task != "same":
+    if settings.task in SHIFTS[1:]:
         print(f"fine-tuning task: {task_label(settings.task, settings.rotate_degrees, settings.permutation_seed)}"
               f", training, validation and test images alike")
     return mnist, Splits(shift(mnist.train), shift(mnist.test), shift(mnist.validation))
@@ -145,6 +146,8 @@ class Experiment:
             summary.update(runs)
             summary.finish("pretraining diverged")
             return
+        if config.finetune.task in TEACHER_TASKS:
+            task = self.teach(bases, mnist, task)
         self.after_pretraining(runs, bases, task)
         summary.update(runs)
 
@@ -206,7 +209,8 @@ class Experiment:
             outcomes = phases.fit(launcher, pending, [variant for _, variant in chunk], task.test,
                                              self.record)
             for (i, variant), member, outcome in zip(chunk, tuned, outcomes):
-                finish_variant(runs[i], variant, member, outcome, task.test, bases[0], run_dir if i == 0 else None)
+                finish_variant(runs[i], variant, member, outcome, task.test.of_seed(seeds[i]), bases[0],
+                               run_dir if i == 0 else None)
             self.summary.update(runs)
 
     def tune_learning_rates(self, bases: list, task: Splits) -> dict:
@@ -233,8 +237,8 @@ class Experiment:
         for chunk, pending in submitted:
             names = [f"{variant.name}@lr={lr:g}" for variant, lr, _ in chunk]
             trained = phases.collect(launcher, pending, names, phases.tagged(self.record, tuning=True))
-            for (variant, lr, _), model, member in zip(chunk, pending.job.models, trained):
-                accuracy = None if member.diverged else evaluate(model, task.validation).percent
+            for (variant, lr, i), model, member in zip(chunk, pending.job.models, trained):
+                accuracy = None if member.diverged else evaluate(model, task.validation.of_seed(seeds[i])).percent
                 accuracies.setdefault((variant.name, lr), []).append(accuracy)
         tuning = {}
         for variant in self.variants:
@@ -291,6 +295,22 @@ class Experiment:
                             n_train=len(mnist.train), epoch_records=[r for r in records if r["kind"] == "epoch"],
                             cached=True)
 
+    def teach(self, bases: list, mnist: Splits, task: Splits) -> Splits:
+        """The teacher task's splits: each seed's images labelled by its base's teacher
+        (loradora/teachers.py); and, in the summary, how far each teacher is from the true labels."""
+        settings = self.config.finetune
+        teachers = teachers_of(bases, settings.task, settings.teacher_seed)
+        print(f"\nfine-tuning task: {task_label(settings.task, teacher_seed=settings.teacher_seed)}, "
+              f"training, validation and test images alike")
+        true = [evaluate(teacher, mnist.test).percent for teacher in teachers]
+        self.summary.data["teacher"] = {"task": settings.task, "seed": settings.teacher_seed,
+                                        "test_accuracy_on_true_labels": true}
+        print(f"the teachers score {statistics.fmean(true):.2f}% [{min(true):.2f}, {max(true):.2f}] on the true "
+              f"test labels (mean [min, max] over seeds); no_finetune is each base scored against its teacher")
+        seeds = list(self.seeds)
+        return Splits(*(None if split is None else taught(split, teachers, seeds)
+                        for split in (task.train, task.test, task.validation)))
+
     def after_pretraining(self, runs: list[SeedResults], bases: list, task: Splits) -> None:
         """Save the first seed's base; on a shifted task, score every base on it before fine-tuning."""
         if self.run_dir is not None:
@@ -298,8 +318,8 @@ class Experiment:
             first["pretrained"] = dataclasses.replace(first["pretrained"], files=save_pretrained(bases[0], self.run_dir))
         if self.config.finetune.task == "same":
             return
-        for result, model in zip(runs, bases):  # where fine-tuning starts: the base on the shifted test set
-            result.methods["no_finetune"] = phases.score(model, NO_FINETUNE, task.test,
+        for result, model in zip(runs, bases):  # where fine-tuning starts: the base on the task's test set
+            result.methods["no_finetune"] = phases.score(model, NO_FINETUNE, task.test.of_seed(result.seed),
                                                          phases.tagged(self.record, seed=result.seed, member=True),
                                                          lr=None, epochs=0, n_train=0)
         phases.show_members("no_finetune", [phases.test_record(result.methods["no_finetune"]) for result in runs])

@@ -351,7 +351,7 @@ def member_step(models: Sequence[nn.Module], lrs: Sequence[float], orders: Seque
     their first layer's work where ``orders`` (each member's batch order) allow (``SharedInput``).
     ``precision``: see ``training.products_in``."""
     if len(models) == 1:
-        return OneModel(models[0], lrs[0], precision)
+        return OneModel(models[0], lrs[0], precision, None if orders is None else orders[0])
     return PopulationStep(Population(models), list(lrs), orders, precision)
 
 
@@ -401,10 +401,12 @@ class PopulationStep:
 
     def step(self, data: Split, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One optimiser step on each member's batch; each member's loss (N,), the logits and labels."""
+        rows = data.rows(self.orders)  # None, unless a teacher labels each seed's images its own way
         if self.shared is None:
-            images, labels = data.batch(indices)
-        else:  # one batch per group: its members draw the same indices
-            images, labels = data.batch(indices[self.shared.leaders])
+            images, labels = data.batch(indices, rows)
+        else:  # one batch per group: its members draw the same indices (and have the same seed)
+            leaders = self.shared.leaders
+            images, labels = data.batch(indices[leaders], None if rows is None else rows[leaders])
             labels = self.shared.spread(labels)
         with products_in(self.precision, images.device):
             logits = self.population(images, self.shared)

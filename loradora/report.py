@@ -5,6 +5,7 @@ loradora.results records); every table goes through ``align``."""
 import textwrap
 
 from loradora.results import MethodResult, OverSeeds, SeedResults, accuracy_std
+from loradora.choices import TEACHER_TASKS
 from loradora.tasks import task_label
 
 
@@ -108,7 +109,12 @@ def align(rows: list[tuple[str, ...]]) -> str:
 def test_set_note(finetune: dict) -> str:
     if finetune["task"] == "same":
         return ""
-    label = task_label(finetune["task"], finetune["rotate_degrees"], finetune["permutation_seed"])
+    label = task_label(finetune["task"], finetune["rotate_degrees"], finetune["permutation_seed"],
+                       finetune["teacher_seed"])
+    if finetune["task"] in TEACHER_TASKS:
+        return textwrap.fill(f"Fine-tuned on {label}: the fine-tuned methods and no_finetune (the pretrained base, "
+                             f"not fine-tuned) are tested against their own seed's teacher's labels of the test "
+                             f"images; pretrained against the true labels.", width=100)
     return textwrap.fill(f"Fine-tuned on {label}: the fine-tuned methods and no_finetune (the pretrained base, "
                          f"not fine-tuned) are tested on the equally shifted test set; pretrained on the "
                          f"plain MNIST test set.", width=100)

@@ -81,7 +81,7 @@ def test_variants_pair_by_their_fields_not_their_names():
     ("finetune.methods=[lora, bogus]", "finetune.methods: got ['lora', 'bogus'], allowed: a list drawn from "
                                        "lora, dora, magnitude, direction, full, head"),
     ("finetune.methods=[lora, lora]", "each method at most once"),
-    ("finetune.task=flip", "finetune.task: got 'flip', allowed: one of same, rotate, permute"),
+    ("finetune.task=flip", "finetune.task: got 'flip', allowed: one of same, rotate, permute, gain, turn"),
     ("experiment.seeds=[]", "experiment.seeds"),
     ("experiment.seeds=[1, 1]", "distinct"),
     ("experiment.ranks=[0, 4]", "experiment.ranks: got [0, 4]"),
@@ -184,3 +184,33 @@ def test_shifted_task_reports_the_base_on_the_shifted_test_set(tmp_path, mnist_r
     assert methods["no_finetune"]["test_accuracy"] < methods["pretrained"]["test_accuracy"] - 20
     assert methods["lora"]["test_accuracy"] > methods["no_finetune"]["test_accuracy"]
     assert "MNIST rotated 60 degrees" in out
+
+
+@pytest.mark.parametrize("task", ["gain", "turn"])
+def test_a_teacher_task_scores_each_seed_against_its_own_teacher(tmp_path, mnist_root, task):
+    # Rebuilt here from the saved files: seed 1's base, its teacher (teachers.py, teacher seed 0),
+    # and the saved LoRA adapter, scored against that teacher's labels of the same 200 test images.
+    import copy
+
+    import torch
+
+    from loradora.checkpoints import load_adapters, load_model
+    from loradora.data import load_mnist
+    from loradora.model import MLP
+    from loradora.teachers import TEACHERS
+    from loradora.training import accuracy, predict
+
+    run = tiny_run(tmp_path, task, "experiment.seeds=[1, 2]", "finetune.methods=[lora, magnitude]",
+                   f"finetune.task={task}")
+    summary = summary_of(run)
+    first = summary["runs"][0]["methods"]
+    base = load_model(MLP(), run / "pretrained.safetensors")
+    test = load_mnist(mnist_root, train=False, subset=200)
+    labels = predict(TEACHERS[task](base, 0), test.images).argmax(dim=1)
+    assert accuracy(predict(base, test.images), labels).correct == first["no_finetune"]["test_correct"]
+    tuned = load_adapters(copy.deepcopy(base), run / "adapters" / "lora.safetensors")
+    assert accuracy(predict(tuned, test.images), labels).correct == first["lora"]["test_correct"]
+    assert accuracy(predict(base, test.images), test.labels).correct == first["pretrained"]["test_correct"]
+    teacher = summary["teacher"]
+    assert teacher["task"] == task and len(teacher["test_accuracy_on_true_labels"]) == 2
+    assert not torch.equal(labels, test.labels)  # the teacher is not the truth

@@ -361,3 +361,71 @@ def test_members_share_only_a_batch_order_and_a_base_that_are_both_the_same():
     assert shared.group.tolist() == [0, 1, 0] and shared.slot.tolist() == [0, 0, 1]
     assert SharedInput.find(Population([member(bases(torch.float64)[0], s, "full") for s in SEEDS]),
                             orders=[1, 1, 1]) is None  # a first layer that trains is never shared
+
+
+# Labels per seed (finetune.task gain or turn: each seed's own teacher labels the images): each
+# member must train on its seed's labels, alone, in a population, sharing a first layer, and after
+# another member was dropped.
+
+
+def taught_synthetic(n: int, dtype: torch.dtype) -> Split:
+    plain = synthetic(n, dtype)
+    generator = torch.Generator().manual_seed(5)
+    labels = torch.stack([torch.randint(0, 10, (n,), generator=generator) for _ in SEEDS])
+    return Split(plain.images, labels, SEEDS)
+
+
+@pytest.mark.parametrize("method", ["lora", "magnitude"])
+def test_with_labels_per_seed_every_member_trains_on_its_own_seeds_labels(method):
+    data = taught_synthetic(50 * BATCH, torch.float64)
+    case = (method, {"alpha": 8.0}, (4, 4, 4))
+    alone = [losses_alone(model, data.of_seed(seed), seed, epochs=4)
+             for model, seed in zip(members(case, torch.float64), SEEDS)]
+    assert alone[0] != losses_alone(members(case, torch.float64)[0], data.of_seed(SEEDS[1]), SEEDS[0], epochs=1)[:50]
+    runs = train_population(Population(members(case, torch.float64)), data, epochs=4, batch_size=BATCH, lr=LR,
+                            generators=[torch.Generator().manual_seed(seed) for seed in SEEDS],
+                            log=lambda records: None, log_every=10, orders=list(SEEDS))
+    together = [[loss for record in run.epoch_records for loss in record["batch_losses"]] for run in runs]
+    assert worst_relative(alone, together) <= 1e-12
+
+
+def test_with_labels_per_seed_members_sharing_a_first_layer_keep_their_seeds_labels():
+    # two rates of seed 1, then two of seed 2: the second group's leader is member 2, not 1
+    grid = [(1, 1e-3), (1, 3e-3), (2, 1e-3), (2, 3e-3)]
+    base_of = dict(zip(SEEDS, bases(torch.float64)))
+
+    def grid_models():
+        return [member(base_of[seed], 100 * seed + i, "lora", alpha=8.0, rank=4) for i, (seed, _) in enumerate(grid)]
+
+    data = taught_synthetic(50 * BATCH, torch.float64)
+    alone = [reference_losses(model, data.of_seed(seed), seed, epochs=4, lr=rate, batch_size=BATCH)
+             for model, (seed, rate) in zip(grid_models(), grid)]
+    seeds = [seed for seed, _ in grid]
+    step = PopulationStep(Population(grid_models()), [rate for _, rate in grid], orders=seeds)
+    runs = train_members(step, data, epochs=4, batch_size=BATCH, log=lambda records: None, log_every=10,
+                         generators=[torch.Generator().manual_seed(seed) for seed in seeds])
+    assert step.shared.leaders.tolist() == [0, 2]
+    together = [[loss for record in run.epoch_records for loss in record["batch_losses"]] for run in runs]
+    assert worst_relative(alone, together) <= 1e-12
+
+
+def test_with_labels_per_seed_a_member_dropped_leaves_the_others_their_labels():
+    data = taught_synthetic(8 * BATCH, torch.float64)
+    models = members(("lora", {"alpha": 8.0}, (4, 4, 4)), torch.float64)
+    models[0].layers[0].scaling = 1e9  # seed 1 diverges at its first logged batch and is dropped
+    alone = [losses_alone(model, data.of_seed(seed), seed, epochs=2)
+             for model, seed in zip(members(("lora", {"alpha": 8.0}, (4, 4, 4)), torch.float64)[1:], SEEDS[1:])]
+    runs = train_population(Population(models), data, epochs=2, batch_size=BATCH, lr=LR,
+                            generators=[torch.Generator().manual_seed(seed) for seed in SEEDS],
+                            log=lambda records: None, log_every=2, max_loss=1000.0, orders=list(SEEDS))
+    assert runs[0].diverged and not runs[1].diverged
+    together = [[loss for record in run.epoch_records for loss in record["batch_losses"]] for run in runs[1:]]
+    assert worst_relative(alone, together) <= 1e-12
+
+
+def test_labels_per_seed_need_each_members_seed():
+    data = taught_synthetic(4 * BATCH, torch.float32)
+    with pytest.raises(ValueError, match="differ by seed"):
+        train_population(Population(members(("lora", {"alpha": 8.0}, (4, 4, 4)), torch.float32)), data,
+                         epochs=1, batch_size=BATCH, lr=LR, log=lambda records: None, log_every=10,
+                         generators=[torch.Generator().manual_seed(seed) for seed in SEEDS])
