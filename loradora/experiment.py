@@ -115,6 +115,7 @@ def aggregate(runs: list[SeedResults], margin: float = 0.05) -> dict:
         "seeds": [run.seed for run in runs],
         "methods": methods,
         "comparisons": compare_adapters(runs, margin),
+        "part_comparisons": compare_parts(runs, margin),
         "decomposition": pooled,
         "decomposition_unavailable": unavailable,
         "runs": runs,
@@ -148,22 +149,52 @@ def compare_adapters(runs: list[SeedResults], margin: float = 0.05) -> dict:
     pairs = adapter_pairs(first)
     family_size = {pair: sum(first[other].rates == first[pair[0]].rates for other, _ in pairs) for pair in pairs}
     for dora, lora in pairs:
-        paired = [run.methods for run in runs if finished(run.methods, dora) and finished(run.methods, lora)]
-        if len(paired) < 2:
-            continue
-        difference = paired_difference([methods[dora].test_accuracy for methods in paired],
-                                       [methods[lora].test_accuracy for methods in paired],
-                                       comparisons=family_size[dora, lora])
         ranks = {"dora": first[dora].rank, "lora": first[lora].rank}
         names = (f"DoRA (rank {ranks['dora']})", f"LoRA (rank {ranks['lora']})") \
             if ranks["dora"] != ranks["lora"] else ("DoRA", "LoRA")
-        comparisons[f"{dora} - {lora}"] = {
-            **difference.to_dict(), "unit": "accuracy points", "ranks": ranks, "rates": first[dora].rates,
-            "margin": margin,
-            "adjustment": f"Bonferroni over {family_size[dora, lora]} ranks" if family_size[dora, lora] > 1 else None,
-            "verdict": verdict(difference, *names, margin=margin),
-        }
+        adjustment = f"Bonferroni over {family_size[dora, lora]} ranks" if family_size[dora, lora] > 1 else None
+        comparison = paired_comparison(runs, dora, lora, names, family_size[dora, lora], adjustment, margin)
+        if comparison is not None:
+            comparisons[f"{dora} - {lora}"] = {**comparison, "ranks": ranks}
     return comparisons
+
+
+# DoRA's parts against each other and LoRA (issue 20: which part reaches which teacher), first
+# minus second; DoRA - LoRA is the run's own question (compare_adapters)
+PART_PAIRS = [("magnitude", "lora"), ("direction", "lora"), ("dora", "magnitude"), ("dora", "direction"),
+              ("magnitude", "direction")]
+DISPLAY = {"lora": "LoRA", "dora": "DoRA", "magnitude": "the magnitude alone", "direction": "the direction alone"}
+
+
+def compare_parts(runs: list[SeedResults], margin: float = 0.05) -> dict:
+    """The ``PART_PAIRS`` a run has, at its own rates, paired by seed: one variant of each method
+    (no rank sweep), the intervals Bonferroni-adjusted for the number of pairs; empty otherwise."""
+    first = runs[0].methods
+    tuned = [result.method for result in first.values() if result.rates == "tuned" and result.method in DISPLAY]
+    if len(tuned) != len(set(tuned)):
+        return {}  # a rank sweep: pairs by rank are the adapters' question, not the parts'
+    name_of = {result.method: name for name, result in first.items() if result.rates == "tuned"}
+    pairs = [(name_of[a], name_of[b]) for a, b in PART_PAIRS if a in name_of and b in name_of]
+    comparisons = {}
+    for a, b in pairs:
+        adjustment = f"Bonferroni over {len(pairs)} pairs" if len(pairs) > 1 else None
+        names = (DISPLAY[first[a].method], DISPLAY[first[b].method])
+        comparison = paired_comparison(runs, a, b, names, len(pairs), adjustment, margin)
+        if comparison is not None:
+            comparisons[f"{a} - {b}"] = {**comparison, "ranks": {a: first[a].rank, b: first[b].rank}}
+    return comparisons
+
+
+def paired_comparison(runs: list[SeedResults], a: str, b: str, names: tuple[str, str], family: int,
+                      adjustment: str | None, margin: float) -> dict | None:
+    """``a`` - ``b`` test accuracy over the seeds where both finished, with its verdict; None under 2."""
+    paired = [run.methods for run in runs if finished(run.methods, a) and finished(run.methods, b)]
+    if len(paired) < 2:
+        return None
+    difference = paired_difference([methods[a].test_accuracy for methods in paired],
+                                   [methods[b].test_accuracy for methods in paired], comparisons=family)
+    return {**difference.to_dict(), "unit": "accuracy points", "rates": runs[0].methods[a].rates, "margin": margin,
+            "adjustment": adjustment, "verdict": verdict(difference, *names, margin=margin)}
 
 
 def finished(methods: dict[str, MethodResult], name: str) -> bool:

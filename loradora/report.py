@@ -24,9 +24,11 @@ def format_report(summary: dict) -> str:
             parts.append(arrow(several_intervals(comparisons)))
     elif comparisons:
         parts.append(format_comparisons(comparisons))
-    elif {"lora", "dora"} <= {result.method for result in summary["methods"].values()}:
+    elif {"lora", "dora"} <= {result.method for result in summary["methods"].values()} and len(seeds) == 1:
         parts.append("One seed: no confidence interval. Set experiment.seeds (configs/seeds.yaml) to ask "
                      "whether DoRA beats LoRA.")
+    if summary.get("part_comparisons"):
+        parts.append(format_comparisons(summary["part_comparisons"], "DoRA's parts alone, paired by seed"))
     if summary["decomposition"]:
         parts.append(format_decomposition(summary["decomposition"]))
     if summary.get("decomposition_unavailable"):
@@ -137,12 +139,13 @@ def cache_note(runs: list[SeedResults]) -> str:
                          width=100)
 
 
-def format_comparisons(comparisons: dict) -> str:
-    lines = ["Paired by seed (same base, batch order and adapter init), t interval:"]
+def format_comparisons(comparisons: dict, title: str = "Paired by seed") -> str:
+    lines = [f"{title} (same base, batch order and adapter init), t interval:"]
     for name, c in comparisons.items():
         low, high = c["ci"]
-        ranks = "" if c["ranks"]["dora"] == c["ranks"]["lora"] else \
-            f" [ranks {c['ranks']['dora']} and {c['ranks']['lora']}: not a like-for-like pair]"
+        first_rank, second_rank = c["ranks"].values()
+        ranks = "" if first_rank == second_rank or None in (first_rank, second_rank) else \
+            f" [ranks {first_rank} and {second_rank}: not a like-for-like pair]"
         lines.append(f"  {name}{ranks}: {c['mean']:+.2f} points, {interval_label(c)} [{low:+.2f}, {high:+.2f}] "
                      f"(std {c['std']:.2f}, t({c['df']}) = {c['t_critical']:.3f})")
         lines.append(arrow(c["verdict"]))

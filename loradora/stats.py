@@ -149,7 +149,7 @@ def verdict(difference: PairedDifference, a: str, b: str, margin: float = 0.05, 
     this many seeds cannot tell, with how many would."""
     low, high = difference.ci
     level = f"{100 * difference.confidence:.4g}%"
-    adjusted = "" if difference.confidence == 0.95 else " (Bonferroni-adjusted for the ranks compared)"
+    adjusted = "" if difference.confidence == 0.95 else " (Bonferroni-adjusted for the comparisons made)"
     interval = f"the {level} interval [{low:+.2f}, {high:+.2f}]{adjusted}"
     seeds = f"{difference.n} seeds"
     if difference.excludes_zero:

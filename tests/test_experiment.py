@@ -52,6 +52,28 @@ def test_a_pair_of_different_ranks_says_so():
     assert comparison["ranks"] == {"dora": 4, "lora": 8} and "DoRA (rank 4)" in comparison["verdict"]
 
 
+def test_the_parts_of_dora_are_paired_with_each_other_and_lora_bonferroni_adjusted():
+    accuracies = {1: (97.0, 97.1, 97.6, 97.0), 2: (96.8, 96.9, 97.5, 96.9), 3: (97.2, 97.2, 97.9, 97.1)}
+    runs = []
+    for seed, (lora, dora, magnitude, direction) in accuracies.items():
+        runs.append(seed_results(seed, {
+            "lora": method_result(method="lora", rank=4, test_accuracy=lora),
+            "dora": method_result(method="dora", rank=4, test_accuracy=dora),
+            "magnitude": method_result(method="magnitude", rank=None, test_accuracy=magnitude),
+            "direction": method_result(method="direction", rank=4, test_accuracy=direction)}))
+    parts = aggregate(runs)["part_comparisons"]
+    assert list(parts) == ["magnitude - lora", "direction - lora", "dora - magnitude", "dora - direction",
+                           "magnitude - direction"]
+    assert parts["magnitude - lora"]["differences"] == pytest.approx([0.6, 0.7, 0.7])
+    assert all(c["confidence"] == pytest.approx(1 - 0.05 / 5) for c in parts.values())
+    assert parts["magnitude - lora"]["adjustment"] == "Bonferroni over 5 pairs"
+    assert "the magnitude alone scores higher than LoRA" in parts["magnitude - lora"]["verdict"]
+    assert "dora - lora" in aggregate(runs)["comparisons"]  # the run's own question, unadjusted, stays
+    only_adapters = [seed_results(run.seed, {k: v for k, v in run.methods.items() if k in ("lora", "dora")})
+                     for run in runs]
+    assert aggregate(only_adapters)["part_comparisons"] == {}
+
+
 def test_variants_of_a_rank_sweep():
     config = load_config(None, ["finetune.methods=[lora, dora, head]", "experiment.ranks=[1, 8]", "dora.alpha=3"])
     variants = finetune_variants(config)
@@ -93,7 +115,7 @@ def test_bad_experiment_settings_name_the_key(override, message):
     assert message in str(error.value)
 
 
-@pytest.mark.parametrize("name", ["seeds", "rank_sweep", "shift", "decisive", "decisive_shift"])
+@pytest.mark.parametrize("name", ["seeds", "rank_sweep", "shift", "decisive", "decisive_shift", "why"])
 def test_shipped_configs_load(name):
     config = load_config(REPO / "configs" / f"{name}.yaml")
     assert config.experiment.seeds and len(config.experiment.seeds) >= 3
@@ -104,6 +126,9 @@ def test_shipped_configs_load(name):
     if name.startswith("decisive"):  # rates chosen on a held-out split, on a subset of the seeds
         assert config.data.validation_size > 0 and len(config.experiment.lrs) > 1
         assert set(config.experiment.tuning_seeds) < set(config.experiment.seeds)
+    if name == "why":  # docs/why.md: DoRA's parts alone beside it, on the task built for the magnitude
+        assert config.finetune.task == "gain" and {"magnitude", "direction", "lora", "dora"} <= set(config.finetune.methods)
+        assert config.data.validation_size > 0 and len(config.experiment.lrs) > 1
 
 
 def tiny_run(tmp_path, name, *overrides):
