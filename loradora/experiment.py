@@ -100,6 +100,14 @@ def choose_rate(mean_accuracies: dict[float, float | None]) -> float:
     return max(finished, key=lambda lr: (mean_accuracies[lr], -lr))
 
 
+def grid_edge(grid: list[float], chosen: float) -> str | None:
+    """"lowest" or "highest" when ``chosen`` is the grid's edge rate, where the validation accuracy
+    may still rise beyond the grid; None for a rate inside it."""
+    if len(grid) < 2 or min(grid) < chosen < max(grid):
+        return None
+    return "lowest" if chosen == min(grid) else "highest"
+
+
 def aggregate(runs: list[SeedResults], margin: float = 0.05) -> dict:
     """The summary's results from per-seed runs.
 

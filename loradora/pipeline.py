@@ -28,7 +28,7 @@ from loradora.cache import BaseCache, Cached
 from loradora.config import Config, ConfigError, resolve_device, to_dict, to_yaml
 from loradora.data import DataUnavailable, Split, hold_out
 from loradora.experiment import (NO_FINETUNE, PRETRAINED, Variant, aggregate, choose_rate, decomposition_result,
-                                 finetune_variants, variant_groups)
+                                 finetune_variants, grid_edge, variant_groups)
 from loradora.files import WriteFailed, write_atomic, write_json
 from loradora.launcher import LauncherUnavailable, LocalLauncher, make_launcher
 from loradora.model import initial_base
@@ -244,7 +244,8 @@ class Experiment:
         for variant in self.variants:
             means = {lr: None if None in accuracies[variant.name, lr] else statistics.fmean(accuracies[variant.name, lr])
                      for lr in grid}
-            tuning[variant.name] = {"lr": choose_rate(means), "grid": grid,
+            chosen = choose_rate(means)
+            tuning[variant.name] = {"lr": chosen, "grid": grid, "edge": grid_edge(grid, chosen),
                                     "validation_accuracy": {f"{lr:g}": means[lr] for lr in grid},
                                     "seeds": tuning_seeds, "n_validation": len(task.validation)}
         return tuning

@@ -45,10 +45,16 @@ def format_tuning(tuning: dict) -> str:
     for name, result in tuning.items():
         cells = ["diverged" if result["validation_accuracy"][rate] is None
                  else f"{result['validation_accuracy'][rate]:.2f}%" for rate in grid]
-        rows.append((name, f"{result['lr']:g}", *cells))
-    return (f"Learning rates chosen on {first['n_validation']:,} validation images (held out of the training "
+        edge = f" ({result['edge']})" if result.get("edge") else ""
+        rows.append((name, f"{result['lr']:g}{edge}", *cells))
+    text = (f"Learning rates chosen on {first['n_validation']:,} validation images (held out of the training "
             f"set), mean over seeds {', '.join(map(str, first['seeds']))}; the test set chose nothing:\n"
             + align(rows))
+    at_edge = [f"{name} ({result['edge']})" for name, result in tuning.items() if result.get("edge")]
+    if at_edge:
+        text += "\n" + textwrap.fill(f"Chosen at the grid's edge: {', '.join(at_edge)}. The best rate may lie beyond "
+                                     f"the grid; widen experiment.lrs past that edge to know.", width=100)
+    return text
 
 
 def format_table(methods: dict[str, MethodResult]) -> str:

@@ -7,7 +7,7 @@ import torch
 from conftest import smoke, summary_of
 from loradora import data
 from loradora.data import Split, hold_out
-from loradora.experiment import aggregate, choose_rate
+from loradora.experiment import aggregate, choose_rate, grid_edge
 from loradora.stats import paired_difference, seeds_needed, t_quantile, t_quantile_975, verdict
 from helpers import method_result, seed_results
 
@@ -114,6 +114,8 @@ def test_rates_are_chosen_on_validation_and_the_test_set_plays_no_part(tmp_path,
         assert result["grid"] == [1e-3, 1e-2] and result["seeds"] == [1, 2] and result["n_validation"] == 256
         assert result["lr"] == choose_rate({float(k): v for k, v in result["validation_accuracy"].items()})
         assert all(run["methods"][name]["lr"] == result["lr"] for run in summary["runs"])
+        assert result["edge"] == {1e-3: "lowest", 1e-2: "highest"}[result["lr"]]  # a two-rate grid has no inside
+    assert "Chosen at the grid's edge: lora (" in out
     assert summary["methods"]["lora"]["n_test"] == 200
     # and, as configured, every method at the shared finetune.lr (0.005, not in the grid)
     assert list(summary["methods"]) == ["pretrained", "lora", "lora@shared", "dora", "dora@shared"]
@@ -137,3 +139,10 @@ def test_rates_are_chosen_on_validation_and_the_test_set_plays_no_part(tmp_path,
 def test_the_shared_rate_runs_can_be_left_out(tmp_path, mnist_root):
     summary = tuning_run(tmp_path, "fair_only", "experiment.shared_lr=false")
     assert list(summary["methods"]) == ["pretrained", "lora", "dora"] and list(summary["comparisons"]) == ["dora - lora"]
+
+
+def test_a_rate_at_the_grids_edge_is_flagged_and_one_inside_is_not():
+    # issue 19: full fine-tuning's chosen rate on MNIST was the grid's lowest, unflagged
+    grid = [1e-3, 2e-3, 5e-3]
+    assert [grid_edge(grid, rate) for rate in grid] == ["lowest", None, "highest"]
+    assert grid_edge([1e-3], 1e-3) is None  # one rate: nothing was chosen
