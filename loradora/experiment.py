@@ -189,7 +189,8 @@ def compare_parts(runs: list[SeedResults], margin: float = 0.05) -> dict:
         names = (DISPLAY[first[a].method], DISPLAY[first[b].method])
         comparison = paired_comparison(runs, a, b, names, len(pairs), adjustment, margin)
         if comparison is not None:
-            comparisons[f"{a} - {b}"] = {**comparison, "ranks": {a: first[a].rank, b: first[b].rank}}
+            comparisons[f"{a} - {b}"] = {**comparison, "ranks": {first[a].method: first[a].rank,
+                                                                  first[b].method: first[b].rank}}
     return comparisons
 
 

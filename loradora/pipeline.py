@@ -38,7 +38,7 @@ from loradora.report import format_report, format_tuning
 from loradora.results import MethodResult, SeedResults
 from loradora.run_folder import MetricsLog, OutputUnavailable, create_run_dir, environment
 from loradora.stops import Received, stop_on_signals
-from loradora.choices import SHIFTS, TEACHER_TASKS
+from loradora.choices import TEACHER_TASKS
 from loradora.tasks import shift_split, task_label, taught, teachers_of
 from loradora.tensorboard import TensorBoardLog, TensorBoardUnavailable, require_tensorboard
 from loradora.training import evaluate, use_deterministic_algorithms
@@ -100,9 +100,9 @@ def load_data(config: Config, device: torch.device) -> tuple[Splits, Splits]:
         return None if split is None else shift_split(split, settings.task, settings.rotate_degrees,
                                                       settings.permutation_seed)
 
-    if settings.task in SHIFTS[1:]:
-        print(f"fine-tuning task: {task_label(settings.task, settings.rotate_degrees, settings.permutation_seed)}"
-              f", training, validation and test images alike")
+    if settings.task != "same":
+        label = task_label(settings.task, settings.rotate_degrees, settings.permutation_seed, settings.teacher_seed)
+        print(f"fine-tuning task: {label}, training, validation and test images alike")
     return mnist, Splits(shift(mnist.train), shift(mnist.test), shift(mnist.validation))
 
 
@@ -301,8 +301,6 @@ class Experiment:
         (loradora/teachers.py); and, in the summary, how far each teacher is from the true labels."""
         settings = self.config.finetune
         teachers = teachers_of(bases, settings.task, settings.teacher_seed)
-        print(f"\nfine-tuning task: {task_label(settings.task, teacher_seed=settings.teacher_seed)}, "
-              f"training, validation and test images alike")
         true = [evaluate(teacher, mnist.test).percent for teacher in teachers]
         self.summary.data["teacher"] = {"task": settings.task, "seed": settings.teacher_seed,
                                         "test_accuracy_on_true_labels": true}
