@@ -52,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Deferred until the config is good: torch and the modules built on it take over a second to
     # import (BENCHMARKS.md, start-up).
-    from loradora import pipeline
+    from loradora import pipeline, regime_map
 
+    if config.map.rotate_degrees is not None:  # configs/map.yaml: a run per cell, then the map
+        return regime_map.execute(config)
     return pipeline.execute(config)
 
 

@@ -100,17 +100,30 @@ class PretrainConfig(Section):
 @dataclass
 class FinetuneConfig(PretrainConfig):
     epochs: int = 2
+    steps: int | None = None
     methods: list[str] = field(default_factory=lambda: ["lora", "dora"])
     task: str = "same"
     rotate_degrees: float = 45.0
     permutation_seed: int = 0
     teacher_seed: int = 0
+    train_subset: int | None = None
+    validation_size: int = 0
+    subset_seed: int = 0
 
     def checks(self, config: "Config") -> list[Check]:
+        pool = (config.data.train_subset or 60_000) - config.data.validation_size
         return super().checks(config) + [
+            ("steps", self.steps is None or self.steps >= 1, "null (finetune.epochs) or an integer >= 1"),
             ("methods", set(self.methods) <= set(METHODS), f"a list drawn from {', '.join(METHODS)}"),
             ("methods", len(set(self.methods)) == len(self.methods), "each method at most once"),
             ("task", self.task in TASKS, f"one of {', '.join(TASKS)}"),
+            ("train_subset", self.train_subset is None or self.train_subset >= 1, "null or an integer >= 1"),
+            ("validation_size", self.validation_size >= 0, "an integer >= 0 (0: data.validation_size's split)"),
+            ("validation_size", self.validation_size == 0 or config.data.validation_size == 0,
+             "0 when data.validation_size > 0: the validation images come from one place"),
+            ("train_subset", self.validation_size + (self.train_subset or 1) <= pool,
+             f"with finetune.validation_size, at most the {pool:,} images of the fine-tuning pool "
+             f"(data.train_subset or 60,000, less data.validation_size)"),
         ]
 
 
@@ -144,6 +157,8 @@ class ExperimentConfig(Section):
     population: int | str = "auto"
     lrs: list[float] | None = None
     tuning_seeds: list[int] | None = None
+    tuning_overlap: bool = False
+    extend_grid: bool = False
     shared_lr: bool = True
     margin: float = 0.05
     launcher: str = "local"
@@ -169,17 +184,24 @@ class ExperimentConfig(Section):
 
     def tuning_checks(self, config: "Config") -> list[Check]:
         """The learning-rate search: its rates, the split that judges them and the seeds that do."""
-        lrs, tuning = self.lrs, self.tuning_seeds
+        lrs, tuning, compared = self.lrs, self.tuning_seeds, self.seeds or [config.seed]
         return [
             ("lrs", lrs is None or (len(lrs) >= 1 and all(lr > 0 for lr in lrs) and len(set(lrs)) == len(lrs)),
              "null or a non-empty list of distinct finite numbers > 0"),
-            ("lrs", lrs is None or config.data.validation_size > 0,
-             "null unless data.validation_size > 0: rates are chosen on the validation split, never the test set"),
+            ("lrs", lrs is None or config.data.validation_size > 0 or config.finetune.validation_size > 0,
+             "null unless data.validation_size or finetune.validation_size > 0: rates are chosen on a "
+             "validation split, never the test set"),
             ("tuning_seeds", tuning is None or (len(tuning) >= 1 and len(set(tuning)) == len(tuning)),
-             "null (every seed) or a non-empty list of distinct integers"),
+             "null or a non-empty list of distinct integers"),
             ("tuning_seeds", tuning is None or lrs is not None, "null unless experiment.lrs is set"),
-            ("tuning_seeds", tuning is None or set(tuning) <= set(self.seeds or [config.seed]),
-             "seeds of the run (experiment.seeds, or seed): each is pretrained once and tuned from its base"),
+            ("tuning_seeds", lrs is None or self.tuning_overlap or tuning is not None,
+             "a list of seeds apart from experiment.seeds, e.g. [101, 102, 103, 104, 105], to choose the rates "
+             "(or experiment.tuning_overlap: true to tune on the compared seeds themselves)"),
+            ("tuning_seeds", tuning is None or self.tuning_overlap or not set(tuning) & set(compared),
+             f"seeds apart from the compared ones (experiment.seeds, or seed): {', '.join(map(str, sorted(set(tuning or []) & set(compared))))} "
+             f"in both; or experiment.tuning_overlap: true to compare seeds that chose the rates"),
+            ("tuning_seeds", tuning is None or not self.tuning_overlap or set(tuning) <= set(compared),
+             "with experiment.tuning_overlap: true, null (every compared seed) or some of the compared seeds"),
         ]
 
     def launcher_checks(self, config: "Config") -> list[Check]:
@@ -228,6 +250,30 @@ class OutputConfig(Section):
 
 
 @dataclass
+class MapConfig(Section):
+    rotate_degrees: list[float] | None = None
+    train_subsets: list[int | None] | None = None
+
+    def checks(self, config: "Config") -> list[Check]:
+        """A map (loradora/regime_map.py) is a cell per angle and size, each a run of its own."""
+        angles, sizes = self.rotate_degrees, self.train_subsets
+        on = angles is not None or sizes is not None
+        return [
+            ("rotate_degrees", angles is None or (len(angles) >= 1 and len(set(angles)) == len(angles)),
+             "null or a non-empty list of distinct angles"),
+            ("train_subsets", sizes is None or (len(sizes) >= 1 and len(set(sizes)) == len(sizes)
+                                                and all(size is None or size >= 1 for size in sizes)),
+             "null or a non-empty list of distinct sizes (integers >= 1, or null for the whole pool)"),
+            ("rotate_degrees", not on or (angles is not None and sizes is not None),
+             "a list when map.train_subsets is one (a map needs both axes)"),
+            ("rotate_degrees", not on or config.finetune.task == "rotate",
+             "null unless finetune.task is rotate (the map's shift axis is the angle)"),
+            ("train_subsets", not on or len(config.experiment.seeds or []) >= 2,
+             "null unless experiment.seeds holds 2 or more seeds (each cell compares DoRA with LoRA over them)"),
+        ]
+
+
+@dataclass
 class RayConfig(Section):
     address: str | None = None
 
@@ -253,6 +299,7 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     log: LogConfig = field(default_factory=LogConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    map: MapConfig = field(default_factory=MapConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
 

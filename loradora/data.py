@@ -151,6 +151,23 @@ def hold_out(split: Split, size: int, seed: int) -> tuple[Split, Split]:
     return Split(split.images[~held], split.labels[~held]), Split(split.images[held], split.labels[held])
 
 
+def draw(pool: Split, train_size: int | None, validation_size: int, seed: int) -> tuple[Split, Split | None]:
+    """(train, validation) from a fine-tuning ``pool`` by one seeded permutation (on the CPU): the
+    validation split is its first ``validation_size`` images (None for 0), the training set the
+    next ``train_size`` (null: all the rest). The permutation is the same for every run seed and
+    every size, so a smaller training set lies inside a larger one and the validation images are
+    the same at every size; each keeps the pool's order."""
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))
+    rest = order[validation_size:]
+    chosen = rest if train_size is None else rest[:train_size]
+
+    def take(indices: torch.Tensor) -> Split:
+        indices = indices.sort().values.to(pool.labels.device)
+        return Split(pool.images[indices], pool.labels[indices])
+
+    return take(chosen), take(order[:validation_size]) if validation_size else None
+
+
 def raw_folder(root: str | Path) -> Path:
     return Path(root) / "MNIST" / "raw"
 

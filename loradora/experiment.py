@@ -10,6 +10,7 @@ of each variant pooled over seeds.
 import dataclasses
 import itertools
 import math
+import statistics
 from dataclasses import dataclass
 
 from loradora.adapters import ADAPTERS, lora_scaling
@@ -18,7 +19,8 @@ from loradora.model import N_CLASSES, N_PIXELS
 from loradora.population import rank_buckets
 from loradora.analysis import DecompositionPoint, DecompositionTracker, fit_decomposition, unavailable_reason
 from loradora.results import MethodResult, SeedResults, aggregate_method
-from loradora.stats import paired_difference, spread, t_quantile_975, verdict
+from loradora.per_image import ImageHits
+from loradora.stats import paired_difference, spread, t_quantile_975, two_way_difference, verdict
 
 @dataclass(frozen=True)
 class Variant:
@@ -108,12 +110,48 @@ def grid_edge(grid: list[float], chosen: float) -> str | None:
     return "lowest" if chosen == min(grid) else "highest"
 
 
-def aggregate(runs: list[SeedResults], margin: float = 0.05) -> dict:
+EXTEND_STEPS = 3  # experiment.extend_grid: at most this many rates past an edge (issue 19)
+
+
+def extended_rate(grid: list[float], edge: str) -> float:
+    """The next rate past ``grid``'s ``edge`` ("lowest" or "highest"): its outermost rate times the
+    ratio of its two outermost rates on that side, so an even (geometric) grid stays even."""
+    rates = sorted(grid)
+    outer, inner = (rates[0], rates[1]) if edge == "lowest" else (rates[-1], rates[-2])
+    return float(f"{outer * outer / inner:.6g}")  # 6 digits: the rate prints as it is keyed (f"{lr:g}")
+
+
+def mean_accuracies(accuracies: dict[float, list[float | None]]) -> dict[float, float | None]:
+    """Per rate, the mean validation accuracy over the tuning seeds; None where any seed diverged."""
+    return {lr: None if None in values else statistics.fmean(values) for lr, values in accuracies.items()}
+
+
+def rate_sensitivity(tuning: dict, pairs: list[tuple[str, str]]) -> dict:
+    """Per (dora, lora) pair, DoRA - LoRA validation accuracy at every rate both were tuned at,
+    paired by tuning seed (same base, batch order and init), with its 95% t interval: how much the
+    answer depends on the rate (the paper's stability claim, read as sensitivity to the rate). Each
+    rate's interval is its own, not adjusted for the grid's size: a profile to read, not a verdict."""
+    sensitivity = {}
+    for dora, lora in pairs:
+        a, b = tuning[dora]["validation_accuracies"], tuning[lora]["validation_accuracies"]
+        rows = {}
+        for rate in sorted(set(a) & set(b), key=float):
+            both = [(x, y) for x, y in zip(a[rate], b[rate]) if x is not None and y is not None]
+            difference = paired_difference(*zip(*both)) if len(both) >= 2 else None
+            rows[rate] = None if difference is None else {
+                "mean": difference.mean, "ci95": list(difference.ci95), "n": difference.n,
+                "dora": statistics.fmean(x for x, _ in both), "lora": statistics.fmean(y for _, y in both)}
+        sensitivity[f"{dora} - {lora}"] = rows
+    return sensitivity
+
+
+def aggregate(runs: list[SeedResults], margin: float = 0.05, hits: ImageHits | None = None) -> dict:
     """The summary's results from per-seed runs.
 
     One seed: "methods" is that seed's, unchanged. Several: each method over the seeds
     (``results.aggregate_method``). The last run may be partial (the summary is saved after every
-    phase).
+    phase). With ``hits`` (which test images each member got right), every comparison also holds an
+    interval for new test images.
     """
     methods = runs[0].methods if len(runs) == 1 else {
         name: aggregate_method([run.methods[name] for run in runs if name in run.methods])
@@ -122,8 +160,8 @@ def aggregate(runs: list[SeedResults], margin: float = 0.05) -> dict:
     return {
         "seeds": [run.seed for run in runs],
         "methods": methods,
-        "comparisons": compare_adapters(runs, margin),
-        "part_comparisons": compare_parts(runs, margin),
+        "comparisons": compare_adapters(runs, margin, hits),
+        "part_comparisons": compare_parts(runs, margin, hits),
         "decomposition": pooled,
         "decomposition_unavailable": unavailable,
         "runs": runs,
@@ -145,7 +183,7 @@ def adapter_pairs(methods: dict[str, MethodResult]) -> list[tuple[str, str]]:
     return pairs
 
 
-def compare_adapters(runs: list[SeedResults], margin: float = 0.05) -> dict:
+def compare_adapters(runs: list[SeedResults], margin: float = 0.05, hits: ImageHits | None = None) -> dict:
     """DoRA - LoRA test accuracy, paired by seed, per rank; empty with fewer than 2 seeds.
 
     A rank sweep asks its question once per rank, so its intervals are Bonferroni-adjusted for the
@@ -161,7 +199,7 @@ def compare_adapters(runs: list[SeedResults], margin: float = 0.05) -> dict:
         names = (f"DoRA (rank {ranks['dora']})", f"LoRA (rank {ranks['lora']})") \
             if ranks["dora"] != ranks["lora"] else ("DoRA", "LoRA")
         adjustment = f"Bonferroni over {family_size[dora, lora]} ranks" if family_size[dora, lora] > 1 else None
-        comparison = paired_comparison(runs, dora, lora, names, family_size[dora, lora], adjustment, margin)
+        comparison = paired_comparison(runs, dora, lora, names, family_size[dora, lora], adjustment, margin, hits)
         if comparison is not None:
             comparisons[f"{dora} - {lora}"] = {**comparison, "ranks": ranks}
     return comparisons
@@ -174,7 +212,7 @@ PART_PAIRS = [("magnitude", "lora"), ("direction", "lora"), ("dora", "magnitude"
 DISPLAY = {"lora": "LoRA", "dora": "DoRA", "magnitude": "the magnitude alone", "direction": "the direction alone"}
 
 
-def compare_parts(runs: list[SeedResults], margin: float = 0.05) -> dict:
+def compare_parts(runs: list[SeedResults], margin: float = 0.05, hits: ImageHits | None = None) -> dict:
     """The ``PART_PAIRS`` a run has, at its own rates, paired by seed: one variant of each method
     (no rank sweep), the intervals Bonferroni-adjusted for the number of pairs; empty otherwise."""
     first = runs[0].methods
@@ -187,7 +225,7 @@ def compare_parts(runs: list[SeedResults], margin: float = 0.05) -> dict:
     for a, b in pairs:
         adjustment = f"Bonferroni over {len(pairs)} pairs" if len(pairs) > 1 else None
         names = (DISPLAY[first[a].method], DISPLAY[first[b].method])
-        comparison = paired_comparison(runs, a, b, names, len(pairs), adjustment, margin)
+        comparison = paired_comparison(runs, a, b, names, len(pairs), adjustment, margin, hits)
         if comparison is not None:
             comparisons[f"{a} - {b}"] = {**comparison, "ranks": {first[a].method: first[a].rank,
                                                                   first[b].method: first[b].rank}}
@@ -195,15 +233,24 @@ def compare_parts(runs: list[SeedResults], margin: float = 0.05) -> dict:
 
 
 def paired_comparison(runs: list[SeedResults], a: str, b: str, names: tuple[str, str], family: int,
-                      adjustment: str | None, margin: float) -> dict | None:
-    """``a`` - ``b`` test accuracy over the seeds where both finished, with its verdict; None under 2."""
-    paired = [run.methods for run in runs if finished(run.methods, a) and finished(run.methods, b)]
+                      adjustment: str | None, margin: float, hits: ImageHits | None = None) -> dict | None:
+    """``a`` - ``b`` test accuracy over the seeds where both finished, with its verdict, on this test
+    set; and, where ``hits`` has both for every such seed, over seeds and new test images too
+    ("new_test_images", stats.two_way_difference). None under 2 seeds."""
+    paired = [run for run in runs if finished(run.methods, a) and finished(run.methods, b)]
     if len(paired) < 2:
         return None
-    difference = paired_difference([methods[a].test_accuracy for methods in paired],
-                                   [methods[b].test_accuracy for methods in paired], comparisons=family)
-    return {**difference.to_dict(), "unit": "accuracy points", "rates": runs[0].methods[a].rates, "margin": margin,
-            "adjustment": adjustment, "verdict": verdict(difference, *names, margin=margin)}
+    difference = paired_difference([run.methods[a].test_accuracy for run in paired],
+                                   [run.methods[b].test_accuracy for run in paired], comparisons=family)
+    comparison = {**difference.to_dict(), "unit": "accuracy points", "rates": runs[0].methods[a].rates,
+                  "margin": margin, "adjustment": adjustment, "verdict": verdict(difference, *names, margin=margin),
+                  "new_test_images": None}
+    seeds = [run.seed for run in paired]
+    correct = [hits.matrix(name, seeds) for name in (a, b)] if hits is not None else [None]
+    if None not in correct:
+        two_way = two_way_difference(*correct, comparisons=family)
+        comparison["new_test_images"] = {**two_way.to_dict(), "verdict": verdict(two_way, *names, margin=margin)}
+    return comparison
 
 
 def finished(methods: dict[str, MethodResult], name: str) -> bool:

@@ -52,6 +52,7 @@ class TrainJob:
     max_loss: float
     observe_every: int | None
     precision: str        # the products' (training.products_in)
+    steps: int | None = None  # exactly this many batches, whatever epochs says (finetune.steps)
 
     @property
     def lrs(self) -> list[float]:
@@ -69,7 +70,7 @@ def train(job: TrainJob, log: Callable[[dict[int, dict]], None]) -> list[MemberR
     return train_members(member_step(job.models, job.lrs, job.seeds, job.precision), job.data, epochs=job.epochs, batch_size=job.batch_size,
                          generators=[torch.Generator().manual_seed(seed) for seed in job.seeds], log=log,
                          log_every=job.log_every, max_loss=job.max_loss, observe=observe,
-                         observe_every=job.observe_every)
+                         observe_every=job.observe_every, steps=job.steps)
 
 
 @dataclass

@@ -27,10 +27,10 @@ Record = Callable[[dict], None]  # receives every metrics record (metrics.jsonl,
 
 def method_result(model: nn.Module, variant: Variant, *, lr: float | None, epochs: int, n_train: int, n_test: int,
                   epoch_records: list[dict] = (), accuracy: Accuracy | None = None, error: str | None = None,
-                  cached: bool = False) -> MethodResult:
+                  cached: bool = False, steps: int | None = None) -> MethodResult:
     """What a phase measured: its test ``accuracy``, or the ``error`` it diverged with."""
     return MethodResult(
-        **variant.settings(), lr=lr, epochs=epochs, n_train=n_train, n_test=n_test,
+        **variant.settings(), lr=lr, epochs=epochs, steps=steps, n_train=n_train, n_test=n_test,
         trainable_params=count_trainable_parameters(model) if epochs else 0,  # untrained: nothing was trained
         diverged=error is not None, error=error,
         test_accuracy=accuracy.percent if accuracy else None, test_correct=accuracy.correct if accuracy else None,
@@ -39,11 +39,18 @@ def method_result(model: nn.Module, variant: Variant, *, lr: float | None, epoch
         cached=cached)
 
 
-def score(model: nn.Module, variant: Variant, test_data: Split, record: Record, **training) -> MethodResult:
+@dataclass(frozen=True)
+class Scored:
+    """A member's result, and which test images it got right (None where it diverged)."""
+    result: MethodResult
+    hits: torch.Tensor | None
+
+
+def score(model: nn.Module, variant: Variant, test_data: Split, record: Record, **training) -> Scored:
     """Accuracy on the whole of ``test_data``, with what training cost (``training``: method_result's)."""
     accuracy = evaluate(model, test_data)
     record({"phase": variant.name, "kind": "test", "test_accuracy": accuracy.percent, "n_test": accuracy.total})
-    return method_result(model, variant, n_test=len(test_data), accuracy=accuracy, **training)
+    return Scored(method_result(model, variant, n_test=len(test_data), accuracy=accuracy, **training), accuracy.hits)
 
 
 @dataclass
@@ -72,16 +79,17 @@ def assert_unchanged(model: nn.Module, frozen: dict, phase: str) -> None:
 
 def population_job(models: list[nn.Module], settings, train_data: Split, seeds: list[int], log_every: int,
                    precision: str, trackers: list | None = None, track_every: int | None = None,
-                   lrs: list[float] | None = None) -> TrainJob:
+                   lrs: list[float] | None = None, steps: int | None = None) -> TrainJob:
     """What training ``models`` as one population takes: member i is seed ``seeds[i]``'s model, at
     rate ``lrs[i]`` (default: ``settings.lr``), measured by ``trackers[i]`` if given; its products
-    in ``precision`` (the config's)."""
+    in ``precision`` (the config's); with ``steps`` (finetune.steps), that many batches instead of
+    ``settings.epochs`` passes."""
     return TrainJob(models, trackers or [None] * len(models), train_data, seeds, lrs or settings.lr,
                     epochs=settings.epochs, batch_size=settings.batch_size, log_every=log_every,
-                    max_loss=settings.max_loss, observe_every=track_every, precision=precision)
+                    max_loss=settings.max_loss, observe_every=track_every, precision=precision, steps=steps)
 
 
-def fit(launcher, pending, variants: list[Variant], test_data: Split, record: Record) -> list[MethodResult]:
+def fit(launcher, pending, variants: list[Variant], test_data: Split, record: Record) -> list[Scored]:
     """A phase's models, submitted to ``launcher`` as one population (of one, for a model trained
     alone): member i is ``variants[i]``. Waits for their training, then tests each member on the
     whole of ``test_data`` (with its seed's labels, where a teacher labels each seed's own way); a member that diverged gets its error instead. ``tracker``s, when the
@@ -91,16 +99,17 @@ def fit(launcher, pending, variants: list[Variant], test_data: Split, record: Re
     results = []
     for model, variant, seed, lr, tracker, member in zip(job.models, variants, job.seeds, job.lrs, job.trackers,
                                                           trained):
-        training = dict(lr=lr, epochs=job.epochs, n_train=len(job.data))
+        training = dict(lr=lr, epochs=1 if job.steps else job.epochs, steps=job.steps, n_train=len(job.data))
         if member.diverged:
-            results.append(method_result(model, variant, n_test=len(test_data), error=member.diverged, **training))
+            results.append(Scored(method_result(model, variant, n_test=len(test_data), error=member.diverged,
+                                                **training), None))
             continue
         if tracker is not None:
             tracker(sum(len(r["batch_losses"]) for r in member.epoch_records))
         results.append(score(model, variant, test_data.of_seed(seed), tagged(record, seed=seed, member=True),
                              epoch_records=member.epoch_records, **training))
     show_members(", ".join(dict.fromkeys(variant.name for variant in variants)),
-                 [test_record(result) for result in results if not result.diverged])
+                 [test_record(scored.result) for scored in results if not scored.result.diverged])
     return results
 
 
@@ -114,7 +123,7 @@ def collect(launcher, pending, phases: list[str], record: Record) -> list:
     rates = f" at lr {', '.join(f'{lr:g}' for lr in dict.fromkeys(job.lr))}" if isinstance(job.lr, list) else ""
     together = "" if len(job.models) == 1 else (
         f"; {len(job.models)} models at once{rates} (seeds {', '.join(map(str, dict.fromkeys(job.seeds)))})")
-    print(f"\n== {label}: {phase_header(job.models[0], job.epochs)}{together}")
+    print(f"\n== {label}: {phase_header(job.models[0], job.epochs, job.steps)}{together}")
 
     def log(records: dict[int, dict]) -> None:
         for i, r in records.items():
@@ -150,10 +159,11 @@ def test_record(result: MethodResult) -> dict:
     return {"kind": "test", "test_accuracy": result.test_accuracy, "n_test": result.n_test}
 
 
-def phase_header(model: nn.Module, epochs: int) -> str:
+def phase_header(model: nn.Module, epochs: int, steps: int | None = None) -> str:
     n_trainable = count_trainable_parameters(model)
     n_total = sum(p.numel() for p in model.parameters())
-    return f"{epochs} epoch{'' if epochs == 1 else 's'}, {n_trainable:,} of {n_total:,} parameters trainable"
+    length = f"{steps:,} steps" if steps else f"{epochs} epoch{'' if epochs == 1 else 's'}"
+    return f"{length}, {n_trainable:,} of {n_total:,} parameters trainable"
 
 
 def show(record: dict) -> None:

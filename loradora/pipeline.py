@@ -17,6 +17,7 @@ import shutil
 import statistics
 import sys
 from dataclasses import dataclass
+from types import SimpleNamespace
 from pathlib import Path
 
 import torch
@@ -27,14 +28,16 @@ from loradora.artifacts import format_artifacts, save_method, save_pretrained
 from loradora.cache import BaseCache, Cached
 from loradora.config import Config, ConfigError, resolve_device, to_dict, to_yaml
 from loradora.data import DataUnavailable, Split, hold_out
-from loradora.experiment import (NO_FINETUNE, PRETRAINED, Variant, aggregate, choose_rate, decomposition_result,
-                                 finetune_variants, grid_edge, variant_groups)
+from loradora.experiment import (EXTEND_STEPS, NO_FINETUNE, PRETRAINED, Variant, adapter_pairs, aggregate,
+                                 choose_rate, decomposition_result, extended_rate, finetune_variants, grid_edge,
+                                 mean_accuracies, rate_sensitivity, variant_groups)
 from loradora.files import WriteFailed, write_atomic, write_json
 from loradora.launcher import LauncherUnavailable, LocalLauncher, make_launcher
 from loradora.model import initial_base
 from loradora.plots import write_plots
+from loradora.per_image import ImageHits
 from loradora.population import population_chunks
-from loradora.report import format_report, format_tuning
+from loradora.report import format_rate_sensitivity, format_report, format_tuning
 from loradora.results import MethodResult, SeedResults
 from loradora.run_folder import MetricsLog, OutputUnavailable, create_run_dir, environment
 from loradora.stops import Received, stop_on_signals
@@ -51,10 +54,11 @@ class Summary:
     def __init__(self, config: Config, device: torch.device, path: Path | None = None):
         self.path, self.margin = path, config.experiment.margin
         self.data = {"status": "running", "methods": {}, "config": to_dict(config), "env": environment(device)}
+        self.hits = ImageHits()  # which test images each fine-tuned member got right: test_correct.pt
 
     def update(self, runs: list[SeedResults]) -> None:
         """The seeds' results so far (the last may be partial), aggregated (experiment.aggregate)."""
-        self.data.update(aggregate([run for run in runs if run.methods], self.margin))
+        self.data.update(aggregate([run for run in runs if run.methods], self.margin, self.hits))
         self.save()
 
     def finish(self, status: str) -> None:
@@ -74,7 +78,12 @@ class Summary:
 
     def save(self) -> None:
         if self.path is not None:
+            if self.hits.packed:
+                self.hits.save(self.path.parent / HITS_FILE)
             write_json(self.path, self.data)
+
+
+HITS_FILE = "test_correct.pt"  # per variant and seed, the test images it got right, bit-packed (per_image.py)
 
 
 @dataclass
@@ -103,7 +112,16 @@ def load_data(config: Config, device: torch.device) -> tuple[Splits, Splits]:
     if settings.task != "same":
         label = task_label(settings.task, settings.rotate_degrees, settings.permutation_seed, settings.teacher_seed)
         print(f"fine-tuning task: {label}, training, validation and test images alike")
-    return mnist, Splits(shift(mnist.train), shift(mnist.test), shift(mnist.validation))
+    task = Splits(shift(mnist.train), shift(mnist.test), shift(mnist.validation))
+    if settings.train_subset is None and not settings.validation_size:
+        return mnist, task
+    # The fine-tuning set (and its validation split) drawn from the task's training images, the
+    # pool; pretraining keeps every image, so each size adapts the same base (issue 19's map).
+    train, validation = data.draw(task.train, settings.train_subset, settings.validation_size, settings.subset_seed)
+    validation = validation if settings.validation_size else task.validation
+    print(f"fine-tuning on {len(train):,} of the task's {len(task.train):,} training images (finetune.train_subset, "
+          f"draw {settings.subset_seed})" + (f", {len(validation):,} more for validation" if settings.validation_size else ""))
+    return mnist, Splits(train, task.test, validation)
 
 
 class Experiment:
@@ -120,7 +138,10 @@ class Experiment:
         self.launcher = launcher or LocalLauncher()
         self.cache = BaseCache(config, device) if config.cache.enabled else None
         self.variants = finetune_variants(config)
-        self.seeds = config.experiment.seeds or [config.seed]
+        self.seeds = config.experiment.seeds or [config.seed]  # the compared seeds: runs[i] is seeds[i]
+        self.tuning_seeds = config.experiment.tuning_seeds or self.seeds  # overlap: only when configured so
+        # every seed with a base: the compared ones first, so bases[i] is runs[i]'s; then those that only tune
+        self.all_seeds = self.seeds + [seed for seed in self.tuning_seeds if seed not in self.seeds]
 
     def run(self) -> None:
         """Phase by phase: every seed's pretraining, then each fine-tuning method at each rank
@@ -139,7 +160,7 @@ class Experiment:
         config, summary = self.config, self.summary
         mnist, task = load_data(config, self.device)
         runs = [SeedResults(seed) for seed in self.seeds]
-        bases, pretrained = self.pretrain(mnist)
+        bases, pretrained = self.pretrain(mnist)  # compared seeds' first, then the tuning seeds'
         for result, outcome in zip(runs, pretrained):
             result.methods["pretrained"] = outcome
         if any(outcome.diverged for outcome in pretrained):
@@ -155,6 +176,11 @@ class Experiment:
         if config.experiment.lrs:
             tuning = summary.data["tuning"] = self.tune_learning_rates(bases, task)
             print("\n" + format_tuning(tuning))
+            if len(self.tuning_seeds) >= 2:  # a paired interval needs two
+                pairs = adapter_pairs({variant.name: SimpleNamespace(**variant.settings()) for variant in self.variants})
+                summary.data["rate_sensitivity"] = rate_sensitivity(tuning, pairs)
+                if summary.data["rate_sensitivity"]:
+                    print("\n" + format_rate_sensitivity(summary.data["rate_sensitivity"], len(self.tuning_seeds)))
             for name, choice in tuning.items():  # for metrics.jsonl and TensorBoard; printed above
                 self.record({"kind": "tuning", "phase": name, "lr": choice["lr"],
                              "validation_accuracy": choice["validation_accuracy"]})
@@ -185,6 +211,7 @@ class Experiment:
             self.finetune(runs, bases, task, again, {variant.name: shared for variant in again}, None)
         for variant in variants:
             if rates[variant.name] == shared:
+                self.summary.hits.same_as(variant.at_shared_rate().name, variant.name)
                 for result in runs:
                     tuned = result.methods[variant.name]
                     result.methods[variant.at_shared_rate().name] = dataclasses.replace(
@@ -203,58 +230,87 @@ class Experiment:
             job = phases.population_job([t.model for t in tuned], config.finetune, task.train,
                                         [seeds[i] for i, _ in chunk], config.log.every_n_batches, config.precision,
                                         [t.tracker for t in tuned], every,
-                                        lrs=[rates[variant.name] for _, variant in chunk])
+                                        lrs=[rates[variant.name] for _, variant in chunk], steps=config.finetune.steps)
             submitted.append((chunk, tuned, launcher.submit(job)))
         for chunk, tuned, pending in submitted:
             outcomes = phases.fit(launcher, pending, [variant for _, variant in chunk], task.test,
                                              self.record)
             for (i, variant), member, outcome in zip(chunk, tuned, outcomes):
-                finish_variant(runs[i], variant, member, outcome, task.test.of_seed(seeds[i]), bases[0],
+                finish_variant(runs[i], variant, member, outcome.result, task.test.of_seed(seeds[i]), bases[0],
                                run_dir if i == 0 else None)
+                if outcome.hits is not None:
+                    self.summary.hits.add(variant.name, seeds[i], outcome.hits)
             self.summary.update(runs)
 
     def tune_learning_rates(self, bases: list, task: Splits) -> dict:
         """Each variant at every rate of ``experiment.lrs`` on the tuning seeds, scored on the
         validation split; per variant the rate with the best mean validation accuracy (ties: the
-        smaller rate). A rate at which any tuning seed diverged is not chosen. The test set plays
-        no part."""
-        config, launcher, seeds = self.config, self.launcher, self.seeds
+        smaller rate). A rate at which any tuning seed diverged is not chosen. With
+        ``experiment.extend_grid``, a variant whose best rate is at its grid's edge also trains one
+        rate past that edge (``extended_rate``), up to ``EXTEND_STEPS`` times, until its best rate is
+        inside. The test set plays no part."""
+        config = self.config
         grid = sorted(config.experiment.lrs)
-        tuning_seeds = config.experiment.tuning_seeds or seeds
         print(f"\n==== choosing learning rates on {len(task.validation):,} validation images: "
-              f"{', '.join(f'{lr:g}' for lr in grid)}, seeds {', '.join(map(str, tuning_seeds))}")
-        submitted = []  # every population of the tuning, each variant group's at each rate, submitted at once
+              f"{', '.join(f'{lr:g}' for lr in grid)}, seeds {', '.join(map(str, self.tuning_seeds))}")
+        grids = {variant.name: list(grid) for variant in self.variants}
+        accuracies = self.validation_accuracies(grids, bases, task)  # (name, rate) -> per tuning seed
+        for _ in range(EXTEND_STEPS if config.experiment.extend_grid else 0):
+            beyond = {}
+            for name, rates in grids.items():
+                edge = grid_edge(rates, choose_rate(mean_accuracies({lr: accuracies[name, lr] for lr in rates})))
+                if edge:
+                    beyond[name] = [extended_rate(rates, edge)]
+            if not beyond:
+                break
+            print(f"\n==== extending the grid past its edge: "
+                  f"{', '.join(f'{name} to {rates[0]:g}' for name, rates in beyond.items())}")
+            accuracies |= self.validation_accuracies(beyond, bases, task)
+            for name, rates in beyond.items():
+                grids[name] = sorted(grids[name] + rates)
+        tuning = {}
+        for name, rates in grids.items():
+            means = mean_accuracies({lr: accuracies[name, lr] for lr in rates})
+            chosen = choose_rate(means)
+            tuning[name] = {"lr": chosen, "grid": rates, "edge": grid_edge(rates, chosen),
+                            "extended": [lr for lr in rates if lr not in grid],
+                            "validation_accuracy": {f"{lr:g}": means[lr] for lr in rates},
+                            "validation_accuracies": {f"{lr:g}": accuracies[name, lr] for lr in rates},
+                            "seeds": self.tuning_seeds, "n_validation": len(task.validation),
+                            "compared_too": sorted(set(self.tuning_seeds) & set(self.seeds))}
+        return tuning
+
+    def validation_accuracies(self, grids: dict[str, list[float]], bases: list,
+                              task: Splits) -> dict[tuple[str, float], list[float | None]]:
+        """Each variant named in ``grids`` trained at each of its rates on every tuning seed, as
+        populations all submitted at once: (name, rate) -> validation accuracy per tuning seed,
+        None where that seed diverged."""
+        config, launcher, seeds = self.config, self.launcher, self.all_seeds
+        submitted = []
         for variants in variant_groups(config):
-            members = [(variant, lr, seeds.index(seed)) for variant in variants for lr in grid for seed in tuning_seeds]
+            members = [(variant, lr, seeds.index(seed)) for variant in variants if variant.name in grids
+                       for lr in grids[variant.name] for seed in self.tuning_seeds]
             for chunk in population_chunks(members, config.experiment.population, self.device):
                 models = [phases.start_variant(bases[i], variant, seeds[i], track=False).model
                           for variant, _, i in chunk]
                 job = phases.population_job(models, config.finetune, task.train, [seeds[i] for *_, i in chunk],
                                             config.log.every_n_batches, config.precision,
-                                            lrs=[lr for _, lr, _ in chunk])
+                                            lrs=[lr for _, lr, _ in chunk], steps=config.finetune.steps)
                 submitted.append((chunk, launcher.submit(job)))
-        accuracies = {}  # (variant name, rate) -> validation accuracies over the tuning seeds (None: diverged)
+        accuracies = {}
         for chunk, pending in submitted:
             names = [f"{variant.name}@lr={lr:g}" for variant, lr, _ in chunk]
             trained = phases.collect(launcher, pending, names, phases.tagged(self.record, tuning=True))
             for (variant, lr, i), model, member in zip(chunk, pending.job.models, trained):
                 accuracy = None if member.diverged else evaluate(model, task.validation.of_seed(seeds[i])).percent
                 accuracies.setdefault((variant.name, lr), []).append(accuracy)
-        tuning = {}
-        for variant in self.variants:
-            means = {lr: None if None in accuracies[variant.name, lr] else statistics.fmean(accuracies[variant.name, lr])
-                     for lr in grid}
-            chosen = choose_rate(means)
-            tuning[variant.name] = {"lr": chosen, "grid": grid, "edge": grid_edge(grid, chosen),
-                                    "validation_accuracy": {f"{lr:g}": means[lr] for lr in grid},
-                                    "seeds": tuning_seeds, "n_validation": len(task.validation)}
-        return tuning
+        return accuracies
 
     def pretrain(self, mnist: Splits) -> tuple[list[torch.nn.Module], list[MethodResult]]:
         """Every seed's base, pretrained as populations or reused from the cache, and its result. A
         population's members are cached under a key naming the whole population, since a member's
         float32 bits depend on which models share its matmuls: one damaged member retrains them all."""
-        config, seeds, cache = self.config, self.seeds, self.cache
+        config, seeds, cache = self.config, self.all_seeds, self.cache
         bases = [initial_base(config.model.hidden_sizes, seed, self.device) for seed in seeds]
         submitted = []  # per population: its cache paths, and its training or its cached bases
         for chunk in population_chunks(list(range(len(seeds))), config.experiment.population, self.device):
@@ -276,7 +332,7 @@ class Experiment:
                 continue
             kept = phases.Kept(self.record)  # each member's records, cached with its weights
             outcomes = phases.fit(self.launcher, pending, [PRETRAINED] * len(chunk), mnist.test, kept)
-            for i, outcome, path in zip(chunk, outcomes, paths or [None] * len(chunk)):
+            for i, outcome, path in zip(chunk, [scored.result for scored in outcomes], paths or [None] * len(chunk)):
                 results[i] = outcome
                 if path is not None and not outcome.diverged:
                     cache.save(path, bases[i], [metrics for metrics in kept.records if metrics["seed"] == seeds[i]])
@@ -294,7 +350,7 @@ class Experiment:
         settings = self.config.pretrain
         return phases.score(model, PRETRAINED, mnist.test, record, lr=settings.lr, epochs=settings.epochs,
                             n_train=len(mnist.train), epoch_records=[r for r in records if r["kind"] == "epoch"],
-                            cached=True)
+                            cached=True).result
 
     def teach(self, bases: list, mnist: Splits, task: Splits) -> Splits:
         """The teacher task's splits: each seed's images labelled by its base's teacher
@@ -306,7 +362,7 @@ class Experiment:
                                         "test_accuracy_on_true_labels": true}
         print(f"the teachers score {statistics.fmean(true):.2f}% [{min(true):.2f}, {max(true):.2f}] on the true "
               f"test labels (mean [min, max] over seeds); no_finetune is each base scored against its teacher")
-        seeds = list(self.seeds)
+        seeds = list(self.all_seeds)
         return Splits(*(None if split is None else taught(split, teachers, seeds)
                         for split in (task.train, task.test, task.validation)))
 
@@ -320,7 +376,7 @@ class Experiment:
         for result, model in zip(runs, bases):  # where fine-tuning starts: the base on the task's test set
             result.methods["no_finetune"] = phases.score(model, NO_FINETUNE, task.test.of_seed(result.seed),
                                                          phases.tagged(self.record, seed=result.seed, member=True),
-                                                         lr=None, epochs=0, n_train=0)
+                                                         lr=None, epochs=0, n_train=0).result
         phases.show_members("no_finetune", [phases.test_record(result.methods["no_finetune"]) for result in runs])
 
 

@@ -2,7 +2,8 @@
 
     loss_curves.png       every run: per-batch training loss per phase, the mean over seeds
     accuracy_vs_rank.png  a rank sweep (experiment.ranks): accuracy per rank, and DoRA - LoRA per rank
-    dm_dd.png             with the analysis on: dM against dD per method, with the fitted line
+    dm_dd.png             with the analysis on: dM against dD per method, each layer with its own line
+    rate_sensitivity.png  with a rate grid (experiment.lrs): validation accuracy by rate, and DoRA - LoRA at each
 
 A figure that does not apply to a run is not written. matplotlib's ``Figure`` is used directly, not
 pyplot, so no window or global backend is involved: ``savefig`` renders a PNG with Agg, written
@@ -24,6 +25,7 @@ from matplotlib.figure import Figure
 from loradora.choices import ADAPTER_METHODS
 from loradora.files import WriteFailed, write_atomic
 from loradora.results import accuracy_std, from_json
+from loradora.stats import Line, fit_line
 
 LAYER_MARKERS = "osD^v<>p"
 REFERENCE_LABELS = {"full": "full (every weight)", "head": "head (last layer)",
@@ -41,6 +43,7 @@ def write_plots(run_dir: Path) -> list[Path]:
         ("loss_curves.png", lambda: draw_loss_curves(curves, summary), bool(curves)),
         ("accuracy_vs_rank.png", lambda: draw_accuracy_vs_rank(summary), is_rank_sweep(summary)),
         ("dm_dd.png", lambda: draw_dm_dd(summary), bool(summary["decomposition"])),
+        ("rate_sensitivity.png", lambda: draw_rate_sensitivity(summary), has_rate_sensitivity(summary)),
     ]:
         if applies:
             png = io.BytesIO()
@@ -220,24 +223,105 @@ def draw_accuracy_vs_rank(summary: dict) -> Figure:
     return figure
 
 
+def has_rate_sensitivity(summary: dict) -> bool:
+    return any(row is not None for rows in (summary.get("rate_sensitivity") or {}).values() for row in rows.values())
+
+
+def draw_rate_sensitivity(summary: dict) -> Figure:
+    """Left: each adapter's mean validation accuracy at every rate it trained at. Right: DoRA - LoRA
+    there, paired by tuning seed, with each rate's own 95% interval: a flatter DoRA shows as a
+    difference that grows away from the best rate (the paper's stability claim, read on the rate)."""
+    sensitivity = summary["rate_sensitivity"]
+    n_seeds = len(next(iter(summary["tuning"].values()))["seeds"])
+    figure = Figure(figsize=(14, 4.8), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    colors = sequential_colors(len(sensitivity))
+    for color, (pair, by_rate) in zip(colors, sensitivity.items()):
+        rows = [(float(rate), row) for rate, row in by_rate.items() if row is not None]
+        rates = [rate for rate, _ in rows]
+        for method, style in (("lora", LINE_STYLES[1]), ("dora", LINE_STYLES[0])):
+            left.plot(rates, [row[method] for _, row in rows], marker="os"[method == "dora"], color=color,
+                      linestyle=style, label=f"{pair.split(' - ')[method == 'lora']}")
+        errors = [[row["mean"] - row["ci95"][0] for _, row in rows], [row["ci95"][1] - row["mean"] for _, row in rows]]
+        right.errorbar(rates, [row["mean"] for _, row in rows], yerr=errors, marker="o", capsize=3, color=color,
+                       label=pair, alpha=0.85)
+    right.axhline(0, color="black", linewidth=0.8)
+    for ax, ylabel, title in [
+            (left, "validation accuracy (%)", f"Validation accuracy by rate (mean of {n_seeds} tuning seeds)"),
+            (right, "DoRA - LoRA (points)", f"DoRA - LoRA by rate, paired by seed\n95% t interval each, unadjusted")]:
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        legend_outside(ax)
+    return figure
+
+
+VERDICT_MARKS = {"dora": "DoRA ahead", "lora": "LoRA ahead", "tie": "tie", "undecided": "undecided"}
+
+
+def draw_map(answers: list, margin: float) -> Figure:
+    """The regime map (regime_map.py): one panel per angle, fine-tuning set size by rank, each cell
+    coloured by DoRA - LoRA (red: DoRA ahead, blue: LoRA ahead, on one scale for every panel) and
+    labelled with its mean, its interval for new test images adjusted for the whole map, and the
+    verdict that interval gives."""
+    angles = list(dict.fromkeys(a.rotate_degrees for a in answers))
+    sizes = sorted({a.n_train for a in answers})
+    ranks = sorted({a.rank for a in answers})
+    scale = max(max(abs(a.new_images["mean"]) for a in answers), margin)
+    figure = Figure(figsize=(1.9 * len(ranks) * len(angles) + 2, 1.0 * len(sizes) + 2.2), layout="constrained")
+    axes = figure.subplots(1, len(angles), squeeze=False, sharey=True)[0]
+    for ax, angle in zip(axes, angles):
+        grid = [[float("nan")] * len(ranks) for _ in sizes]
+        for a in answers:
+            if a.rotate_degrees == angle:
+                row, column = sizes.index(a.n_train), ranks.index(a.rank)
+                grid[row][column] = a.new_images["mean"]
+                low, high = a.new_images["ci"]
+                dark = abs(a.new_images["mean"]) > 0.6 * scale  # white on the deep colours
+                ax.text(column, row, f"{a.new_images['mean']:+.2f}\n[{low:+.2f}, {high:+.2f}]\n{VERDICT_MARKS[a.verdict]}",
+                        ha="center", va="center", fontsize=7, color="white" if dark else "black")
+        image = ax.imshow(grid, cmap="RdBu_r", vmin=-scale, vmax=scale, aspect="auto", origin="lower")
+        ax.set_xticks(range(len(ranks)), [str(rank) for rank in ranks])
+        ax.set_yticks(range(len(sizes)), [f"{size:,}" for size in sizes])
+        ax.set_xlabel("adapter rank")
+        ax.set_title(f"rotated {angle:g}°")
+    axes[0].set_ylabel("fine-tuning images")
+    figure.colorbar(image, ax=list(axes), label="DoRA − LoRA, test accuracy points")
+    figure.suptitle(f"DoRA − LoRA by cell: mean, interval for new test images (Bonferroni over {len(answers)}), "
+                    f"verdict (tie: inside ±{margin:g})", fontsize=10)
+    return figure
+
+
 def draw_dm_dd(summary: dict) -> Figure:
-    """The DoRA paper's figure 2 for this run: one panel per method, a marker per layer."""
+    """The DoRA paper's figure 2 for this run: one panel per method, a marker per layer, and each
+    layer's own least-squares line in its colour. Layers move on different scales, so a line pooled
+    over them can slope unlike every layer's own (Simpson's paradox): it is drawn only thin, dashed
+    and grey, for the pooled slope that summary.json reports."""
     fits = summary["decomposition"]
     # The methods are compared by where their points lie, so every panel has the same axes.
-    figure, axes = panel_grid(len(fits), max_cols=3, panel_size=(5.2, 6.0), sharex=True, sharey=True)
+    figure, axes = panel_grid(len(fits), max_cols=3, panel_size=(5.2, 6.6), sharex=True, sharey=True)
     for ax, (name, line) in zip(axes, fits.items()):
         points = [point for run in summary["runs"] if name in run["decomposition"]  # not where it diverged
                   for point in run["decomposition"][name]["points"]]
         shapes = summary["runs"][0]["decomposition"][name]["layers"]
+        own = layer_lines(points, line.get("per_layer", {}))
         for k, (layer, (n_out, n_in)) in enumerate(shapes.items()):
             mine = [point for point in points if point["layer"] == layer]
-            ax.scatter([p["dD"] for p in mine], [p["dM"] for p in mine], s=14, alpha=0.7,
+            xs = [p["dD"] for p in mine]
+            ax.scatter(xs, [p["dM"] for p in mine], s=14, alpha=0.7,
                        marker=LAYER_MARKERS[k % len(LAYER_MARKERS)], color=f"C{k}",
                        label=f"{layer}: {n_in}→{n_out}")
-        xs = [min(p["dD"] for p in points), max(p["dD"] for p in points)]
-        r = "undefined" if line["correlation"] is None else f"{line['correlation']:+.2f}"
-        ax.plot(xs, [line["slope"] * x + line["intercept"] for x in xs], color="black", linewidth=1.2,
-                label=f"least squares, all points: slope {line['slope']:+.3f}, r {r}")
+            if layer in own:
+                fit, reported = own[layer]
+                ends = [min(xs), max(xs)]
+                ax.plot(ends, [fit.slope * x + fit.intercept for x in ends], color=f"C{k}", linewidth=1.6,
+                        label=f"{layer}, own line: slope {reported['slope']:+.3f}, r {signed(reported['correlation'])}")
+        ends = [min(p["dD"] for p in points), max(p["dD"] for p in points)]
+        ax.plot(ends, [line["slope"] * x + line["intercept"] for x in ends], color="grey", linewidth=0.8,
+                linestyle="--", zorder=1.5,
+                label=f"pooled over layers (mixes scales): slope {line['slope']:+.3f}, r {signed(line['correlation'])}")
         ax.set_title(f"{name}: {len(points)} points")
         ax.set_xlabel("ΔD: mean (1 − cos) of rows vs. W0 (direction)")
         ax.set_ylabel("ΔM: mean |Δ row norm| vs. W0 (magnitude)")
@@ -249,8 +333,28 @@ def draw_dm_dd(summary: dict) -> Figure:
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize="small")  # below: panels sit side by side
     seeds = len(summary["seeds"])
     figure.suptitle(f"Magnitude vs. direction change of the effective weights during fine-tuning "
-                    f"(every measured step and layer{f', {seeds} seeds' if seeds > 1 else ''})")
+                    f"(every measured step{f', {seeds} seeds' if seeds > 1 else ''});\n"
+                    f"solid: least squares within each layer; dashed grey: over all layers at once")
     return figure
+
+
+def layer_lines(points: list[dict], per_layer: dict) -> dict[str, tuple[Line, dict]]:
+    """Per layer that summary.json gives a line (``per_layer``: slope, correlation, n), that line
+    fitted again from the layer's points, for the intercept the summary does not keep, beside the
+    summary's entry; a layer whose points give no line (under 2, or one dD) is left out."""
+    lines = {}
+    for layer, reported in per_layer.items():
+        mine = [point for point in points if point["layer"] == layer]
+        try:
+            lines[layer] = (fit_line([p["dD"] for p in mine], [p["dM"] for p in mine]), reported)
+        except ValueError:
+            continue
+    return lines
+
+
+def signed(value: float | None) -> str:
+    """A correlation for a label: +0.97, or "undefined" where y did not vary."""
+    return "undefined" if value is None else f"{value:+.2f}"
 
 
 USAGE = "usage: python -m loradora.plots RUN_FOLDER   (a finished run: results/<run_name>/)"

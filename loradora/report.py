@@ -17,6 +17,8 @@ def format_report(summary: dict) -> str:
     parts.append(precision_note(summary["config"]["precision"]))
     if summary.get("tuning"):
         parts.append(format_tuning(summary["tuning"]))
+    if summary.get("rate_sensitivity"):
+        parts.append(format_rate_sensitivity(summary["rate_sensitivity"], len(next(iter(summary["tuning"].values()))["seeds"])))
     comparisons = summary["comparisons"]
     if summary["config"]["experiment"]["ranks"]:
         parts.append(format_rank_table(summary))  # with DoRA - LoRA and its interval at each rank
@@ -38,23 +40,48 @@ def format_report(summary: dict) -> str:
 
 
 def format_tuning(tuning: dict) -> str:
-    """Each variant's mean validation accuracy at every rate of the grid, and the rate chosen."""
+    """Each variant's mean validation accuracy at every rate it trained at, and the rate chosen;
+    with experiment.extend_grid, a variant's grid may reach past the configured one."""
     first = next(iter(tuning.values()))
-    grid = list(first["validation_accuracy"])
+    grid = sorted({rate for result in tuning.values() for rate in result["validation_accuracy"]}, key=float)
     rows = [("method", "chosen lr", *(f"lr {rate}" for rate in grid))]
     for name, result in tuning.items():
-        cells = ["diverged" if result["validation_accuracy"][rate] is None
-                 else f"{result['validation_accuracy'][rate]:.2f}%" for rate in grid]
+        accuracy = result["validation_accuracy"]
+        cells = ["-" if rate not in accuracy else "diverged" if accuracy[rate] is None else f"{accuracy[rate]:.2f}%"
+                 for rate in grid]
         edge = f" ({result['edge']})" if result.get("edge") else ""
         rows.append((name, f"{result['lr']:g}{edge}", *cells))
+    overlap = first.get("compared_too")
+    apart = (f"; seeds {', '.join(map(str, overlap))} chose the rates and are compared too "
+             f"(experiment.tuning_overlap), so their test scores are at rates they chose themselves" if overlap
+             else ", apart from the compared seeds")
     text = (f"Learning rates chosen on {first['n_validation']:,} validation images (held out of the training "
-            f"set), mean over seeds {', '.join(map(str, first['seeds']))}; the test set chose nothing:\n"
+            f"set), mean over seeds {', '.join(map(str, first['seeds']))}{apart}; the test set chose nothing:\n"
             + align(rows))
+    extended = [f"{name} ({', '.join(f'{lr:g}' for lr in result['extended'])})"
+                for name, result in tuning.items() if result.get("extended")]
+    if extended:
+        text += "\n" + textwrap.fill(f"Extended past the grid's edge (experiment.extend_grid): {', '.join(extended)}; "
+                                     f"'-': a rate that variant did not need.", width=100)
     at_edge = [f"{name} ({result['edge']})" for name, result in tuning.items() if result.get("edge")]
     if at_edge:
         text += "\n" + textwrap.fill(f"Chosen at the grid's edge: {', '.join(at_edge)}. The best rate may lie beyond "
-                                     f"the grid; widen experiment.lrs past that edge to know.", width=100)
+                                     f"the grid; widen experiment.lrs past that edge, or set experiment.extend_grid: "
+                                     f"true, to know.", width=100)
     return text
+
+
+def format_rate_sensitivity(sensitivity: dict, n_seeds: int) -> str:
+    """DoRA - LoRA on validation at every rate of the grid, one row per rate: whether the answer
+    depends on the rate (summary["rate_sensitivity"], experiment.rate_sensitivity)."""
+    rows = [("pair", "lr", "lora validation", "dora validation", "dora - lora [95% CI]")]
+    for pair, by_rate in sensitivity.items():
+        for rate, row in by_rate.items():
+            rows.append((pair, rate, *(("-", "-", "fewer than 2 seeds finished") if row is None else (
+                f"{row['lora']:.2f}%", f"{row['dora']:.2f}%",
+                f"{row['mean']:+.2f} [{row['ci95'][0]:+.2f}, {row['ci95'][1]:+.2f}]"))))
+    return (f"DoRA - LoRA at every rate, on validation, paired by tuning seed ({n_seeds} seeds; each "
+            f"interval its own, unadjusted):\n" + align(rows))
 
 
 def format_table(methods: dict[str, MethodResult]) -> str:
@@ -146,15 +173,21 @@ def cache_note(runs: list[SeedResults]) -> str:
 
 
 def format_comparisons(comparisons: dict, title: str = "Paired by seed") -> str:
-    lines = [f"{title} (same base, batch order and adapter init), t interval:"]
+    lines = [f"{title} (same base, batch order and adapter init), t intervals on this test set and, from "
+             f"every image's correctness, for new test images:"]
     for name, c in comparisons.items():
         low, high = c["ci"]
         first_rank, second_rank = c["ranks"].values()
         ranks = "" if first_rank == second_rank or None in (first_rank, second_rank) else \
             f" [ranks {first_rank} and {second_rank}: not a like-for-like pair]"
         lines.append(f"  {name}{ranks}: {c['mean']:+.2f} points, {interval_label(c)} [{low:+.2f}, {high:+.2f}] "
-                     f"(std {c['std']:.2f}, t({c['df']}) = {c['t_critical']:.3f})")
+                     f"on this test set (std {c['std']:.2f} over seeds, t({c['df']}) = {c['t_critical']:.3f})")
         lines.append(arrow(c["verdict"]))
+        if images := c.get("new_test_images"):
+            low, high = images["ci"]
+            lines.append(f"  for new test images: {interval_label(images)} [{low:+.2f}, {high:+.2f}] (interaction "
+                         f"std {images['image_std']:.2f} over {images['n_images']:,} images, df {images['df']})")
+            lines.append(arrow(images["verdict"]))
     return "\n".join(lines)
 
 
@@ -190,7 +223,7 @@ def format_rank_table(summary: dict) -> str:
             by_rank.setdefault(result.rank, {})[result.method] = (name, result)
     level = next((interval_label(c) for c in comparisons.values()), "95% CI")
     header = ("rank", "lora params", "lora accuracy", "dora params", "dora accuracy",
-              f"dora - lora, paired [{level}]")
+              f"dora - lora, paired [{level}], this test set", "new test images")
     rows = [header]
     for rank in sorted(by_rank):
         cells = [str(rank)]
@@ -200,6 +233,8 @@ def format_rank_table(summary: dict) -> str:
         pair = f"{by_rank[rank]['dora'][0]} - {by_rank[rank]['lora'][0]}" if len(by_rank[rank]) == 2 else None
         c = comparisons.get(pair)
         cells.append(f"{c['mean']:+.2f} [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]" if c else "-")
+        images = c.get("new_test_images") if c else None
+        cells.append(f"[{images['ci'][0]:+.2f}, {images['ci'][1]:+.2f}]" if images else "-")
         rows.append(tuple(cells))
     return align(rows)
 

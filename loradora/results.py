@@ -47,6 +47,7 @@ class MethodResult:
     cached: bool = False          # pretrained: loaded from the cache; train_seconds is the run that trained it
     files: dict[str, int] = field(default_factory=dict)  # bytes of each file saved for it (first seed only)
     file_checks: FileChecks | None = None                  # those files' checks, for a fine-tuned adapter
+    steps: int | None = None      # finetune.steps: the batches it trained, whatever epochs says; None: epochs
 
 
 @dataclass
@@ -58,7 +59,8 @@ class SeedResults:
 
 
 # How the seeds of a method add up (aggregate_method), every MethodResult field named once:
-SHARED = ("method", "rank", "alpha", "scaling", "s", "rates", "lr", "epochs", "n_train", "n_test", "trainable_params")
+SHARED = ("method", "rank", "alpha", "scaling", "s", "rates", "lr", "epochs", "steps", "n_train", "n_test",
+          "trainable_params")
 AVERAGED = ("test_accuracy", "train_seconds")  # over the seeds that finished; test_accuracy also its std
 COUNTED = ("diverged",)                         # n_diverged; diverged = on every seed
 PER_SEED = ("error", "test_correct", "train_accuracy", "cached", "files", "file_checks")  # in runs[i] only
@@ -85,6 +87,7 @@ class OverSeeds:
     test_accuracy_std: float | None    # their sample std; None below 2 seeds
     test_accuracies: list[float | None]  # every seed's, in seed order (None: diverged)
     train_seconds: float | None        # mean over those seeds
+    steps: int | None = None           # as MethodResult's
 
 
 def aggregate_method(results: list[MethodResult]) -> OverSeeds:

@@ -1,12 +1,17 @@
 """The statistics that turn per-seed accuracies into an answer: mean +- std, paired differences
-with a t confidence interval, and the least-squares line of the weight-decomposition analysis.
+with a t confidence interval (over seeds on this test set; or over seeds and new test images, from
+each image's correctness), and the least-squares line of the weight-decomposition analysis.
 
-Pure Python on lists of floats: a handful of seeds needs no numpy or scipy.
+Pure Python on lists of floats where a handful of seeds is all there is; torch for the seeds x
+images matrices of the two-way interval (``two_way_difference``).
 """
 
+import functools
 import math
 import statistics
 from dataclasses import asdict, dataclass
+
+import torch
 
 def t_cdf(t: float, df: int) -> float:
     """P(T <= t) for Student's t with ``df`` degrees of freedom, through the regularised incomplete
@@ -15,6 +20,7 @@ def t_cdf(t: float, df: int) -> float:
     return 1 - tail if t > 0 else tail
 
 
+@functools.lru_cache(maxsize=4096)  # the two-way interval asks again and again for the same (p, df)
 def t_quantile(p: float, df: int) -> float:
     """The t with P(T <= t) = p, by bisection on ``t_cdf`` to 1e-12 (p in (0.5, 1))."""
     if df < 1:
@@ -94,10 +100,14 @@ class PairedDifference:
     ci95: tuple[float, float]
     confidence: float = 0.95
     ci: tuple[float, float] | None = None
+    form: str = "on this test set"  # what it holds for: new seeds, but these very test images
 
     def __post_init__(self):
         if self.ci is None:
             self.ci = self.ci95
+
+    def seeds_needed(self, margin: float) -> tuple[int, str] | None:
+        return seeds_needed(self.mean, self.std, margin, self.confidence)
 
     @property
     def excludes_zero(self) -> bool:
@@ -126,15 +136,17 @@ def paired_difference(a: list[float], b: list[float], comparisons: int = 1) -> P
     return PairedDifference(differences, mean, std, n, n - 1, t_adjusted, ci95, confidence, ci)
 
 
-def seeds_needed(mean: float, std: float, margin: float, confidence: float = 0.95,
+def seeds_needed(mean: float, std: float, margin: float, confidence: float = 0.95, floor: float = 0.0,
                  limit: int = 100_000) -> tuple[int, str] | None:
     """The fewest seeds whose interval, at the observed mean and spread, would settle the question:
-    exclude zero (|mean| > t * std / sqrt(n)), or lie within +-margin (|mean| + t * std / sqrt(n) <=
-    margin); with what it would show. None if neither happens below ``limit`` seeds."""
+    exclude zero (|mean| > half-width), or lie within +-margin (|mean| + half-width <= margin), with
+    half-width t_{n-1} * sqrt(std^2 / n + floor); with what it would show. ``floor`` is the variance
+    that more seeds do not shrink (for new test images, sigma_b^2 / I: ``TwoWayDifference``). None if
+    neither happens below ``limit`` seeds."""
     quantile = 1 - (1 - confidence) / 2
     n = 2
     while n <= limit:
-        half_width = t_quantile(quantile, n - 1) * std / math.sqrt(n)
+        half_width = t_quantile(quantile, n - 1) * math.sqrt(std ** 2 / n + floor)
         if abs(mean) > half_width:
             return n, "exclude zero"
         if abs(mean) + half_width <= margin:
@@ -143,14 +155,130 @@ def seeds_needed(mean: float, std: float, margin: float, confidence: float = 0.9
     return None
 
 
-def verdict(difference: PairedDifference, a: str, b: str, margin: float = 0.05, unit: str = "points") -> str:
-    """The interval in plain words, one of three answers: ``a`` and ``b`` differ (the interval
-    excludes zero); they are equivalent within ``margin`` (the interval lies inside +-margin); or
-    this many seeds cannot tell, with how many would."""
+@dataclass
+class TwoWayDifference:
+    """a - b over seeds *and* test images, from every image's correctness under both methods.
+
+    The paired difference of seed s on image i (100, 0 or -100 points) is modelled as
+    d_si = mu + a_s + b_i + e_si: a_s the seed's effect (what the seed-only interval sees), b_i the
+    method x image interaction (images one method gets right and the other wrong, consistently
+    across seeds), e_si the rest. Image difficulty that both methods share cancels in d. The
+    interval for mu holds for new seeds and new test images drawn like these: its variance
+    sigma_a^2/S + sigma_b^2/I + sigma_e^2/(S I) is estimated from the two-way ANOVA mean squares as
+    (MS_seeds + max(MS_images - MS_error, 0)) / (S I), with Satterthwaite's degrees of freedom, and
+    never narrower than the seed-only interval (variance MS_seeds / (S I), t at S - 1 df).
+    """
+    mean: float
+    n: int                     # seeds
+    n_images: int
+    std: float                 # std over seeds of each seed's mean difference (the seed-only interval's)
+    image_std: float           # sigma_b: the method x image interaction, per image
+    residual_std: float        # sigma_e
+    standard_error: float
+    df: int                    # Satterthwaite's, rounded down
+    t_critical: float
+    ci95: tuple[float, float]
+    confidence: float = 0.95
+    ci: tuple[float, float] | None = None
+    form: str = "for new test images"
+
+    def __post_init__(self):
+        if self.ci is None:
+            self.ci = self.ci95
+
+    @property
+    def floor(self) -> float:
+        """sigma_b^2 / I: the variance of the mean that no number of seeds removes (points^2)."""
+        return self.image_std ** 2 / self.n_images
+
+    @property
+    def excludes_zero(self) -> bool:
+        low, high = self.ci
+        return low > 0 or high < 0
+
+    def seeds_needed(self, margin: float) -> tuple[int, str] | None:
+        return seeds_needed(self.mean, self.std, margin, self.confidence, self.floor)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ci95": list(self.ci95), "ci": list(self.ci), "excludes_zero": self.excludes_zero,
+                "floor_half_width": 1.96 * math.sqrt(self.floor)}
+
+
+@dataclass
+class TwoWayIntervals:
+    """``two_way_intervals`` of a batch of seeds x images matrices: tensors over the batch."""
+    mean: torch.Tensor
+    seed_half_width: torch.Tensor   # the seed-only (paired t) interval's, t_{S-1}
+    half_width: torch.Tensor        # the two-way interval's, at Satterthwaite's df
+    df: torch.Tensor
+    variance: torch.Tensor          # of the mean, two-way
+    mean_squares: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # seeds, images, error
+
+
+def two_way_intervals(d: torch.Tensor, confidence: float = 0.95) -> TwoWayIntervals:
+    """Both intervals of the mean of d (..., S seeds, I images), in float64, batched over the leading
+    dimensions (``TwoWayDifference`` says what they mean)."""
+    d = d.double()
+    n_seeds, n_images = d.shape[-2:]
+    if n_seeds < 2 or n_images < 2:
+        raise ValueError(f"a two-way interval needs at least 2 seeds and 2 images, got {n_seeds} and {n_images}")
+    grand = d.mean(dim=(-2, -1))
+    seed_means, image_means = d.mean(dim=-1), d.mean(dim=-2)
+    ms_seeds = n_images * ((seed_means - grand[..., None]) ** 2).sum(-1) / (n_seeds - 1)
+    ms_images = n_seeds * ((image_means - grand[..., None]) ** 2).sum(-1) / (n_images - 1)
+    residuals = d - seed_means[..., :, None] - image_means[..., None, :] + grand[..., None, None]
+    ms_error = (residuals ** 2).sum(dim=(-2, -1)) / ((n_seeds - 1) * (n_images - 1))
+    interaction = (ms_images - ms_error).clamp(min=0)  # S sigma_b^2; a negative estimate is noise, so 0
+    combined = ms_seeds + interaction
+    variance = combined / (n_seeds * n_images)
+    # Satterthwaite: the combination's degrees of freedom from each mean square's
+    has_images = (interaction > 0).double()
+    denominator = (ms_seeds ** 2 / (n_seeds - 1) + has_images * (ms_images ** 2 / (n_images - 1)
+                   + ms_error ** 2 / ((n_seeds - 1) * (n_images - 1))))
+    df = torch.where(denominator > 0, combined ** 2 / denominator.clamp(min=1e-300),
+                     torch.full_like(grand, n_seeds - 1.0)).floor().clamp(min=1, max=100_000)
+    quantile = 1 - (1 - confidence) / 2
+    t = torch.tensor([t_quantile(quantile, int(k)) for k in df.flatten().tolist()], dtype=torch.float64)
+    seed_half_width = t_quantile(quantile, n_seeds - 1) * (ms_seeds / (n_seeds * n_images)).sqrt()
+    # a small interaction can raise the df past S - 1 by more than it adds variance: the image term
+    # must never make the interval narrower than the one that treats the images as fixed
+    half_width = torch.maximum(t.reshape(df.shape) * variance.sqrt(), seed_half_width)
+    return TwoWayIntervals(grand, seed_half_width, half_width, df, variance,
+                           (ms_seeds, ms_images, ms_error))
+
+
+def two_way_difference(correct_a: torch.Tensor, correct_b: torch.Tensor, comparisons: int = 1) -> TwoWayDifference:
+    """a - b in accuracy points from each image's correctness (seeds x images, bool), over seeds and
+    new test images; with ``comparisons`` > 1 the Bonferroni interval at 1 - 0.05 / comparisons as ``ci``."""
+    if correct_a.shape != correct_b.shape:
+        raise ValueError(f"paired correctness must have one shape, got {tuple(correct_a.shape)} and "
+                         f"{tuple(correct_b.shape)}")
+    d = 100.0 * (correct_a.double() - correct_b.double())
+    n_seeds, n_images = d.shape
+    confidence = 1 - 0.05 / comparisons
+    plain = two_way_intervals(d)
+    adjusted = two_way_intervals(d, confidence) if comparisons > 1 else plain
+    ms_seeds, ms_images, ms_error = (float(ms) for ms in plain.mean_squares)
+    mean, half, half_adjusted = float(plain.mean), float(plain.half_width), float(adjusted.half_width)
+    standard_error = math.sqrt(float(plain.variance))
+    return TwoWayDifference(
+        mean=mean, n=n_seeds, n_images=n_images, std=math.sqrt(ms_seeds / n_images),
+        image_std=math.sqrt(max(ms_images - ms_error, 0.0) / n_seeds), residual_std=math.sqrt(ms_error),
+        standard_error=standard_error, df=int(plain.df),
+        t_critical=half_adjusted / standard_error if standard_error > 0 else 0.0,
+        ci95=(mean - half, mean + half), confidence=confidence, ci=(mean - half_adjusted, mean + half_adjusted))
+
+
+def verdict(difference: "PairedDifference | TwoWayDifference", a: str, b: str, margin: float = 0.05,
+            unit: str = "points") -> str:
+    """The interval in plain words, naming what it holds for (its ``form``), one of three answers:
+    ``a`` and ``b`` differ (the interval excludes zero); they are equivalent within ``margin`` (the
+    interval lies inside +-margin); or this many seeds cannot tell, with how many would, and where
+    the test images alone leave too wide an interval for equivalence, that no number of seeds can."""
     low, high = difference.ci
     level = f"{100 * difference.confidence:.4g}%"
     adjusted = "" if difference.confidence == 0.95 else " (Bonferroni-adjusted for the comparisons made)"
-    interval = f"the {level} interval [{low:+.2f}, {high:+.2f}]{adjusted}"
+    interval = f"the {level} interval {difference.form} [{low:+.2f}, {high:+.2f}]{adjusted}"
     seeds = f"{difference.n} seeds"
     if difference.excludes_zero:
         better, worse = (a, b) if difference.mean > 0 else (b, a)
@@ -159,11 +287,15 @@ def verdict(difference: PairedDifference, a: str, b: str, margin: float = 0.05, 
                 f"{min(abs(low), abs(high)):.2f} to {max(abs(low), abs(high)):.2f} {unit}{negligible}.")
     if -margin <= low and high <= margin:
         return (f"{interval} lies within ±{margin:g} {unit}: over {seeds}, {a} and {b} are equivalent "
-                f"within {margin:g} {unit}.")
-    needed = seeds_needed(difference.mean, difference.std, margin, difference.confidence)
+                f"within {margin:g} {unit} {difference.form}.")
+    needed = difference.seeds_needed(margin)
     more = (f"at the observed mean ({difference.mean:+.2f}) and spread (std {difference.std:.2f}), about "
             f"{needed[0]} seeds would {needed[1]}" if needed else
             "no practical number of seeds would settle it at the observed mean and spread")
+    floor = math.sqrt(getattr(difference, "floor", 0.0))
+    if abs(difference.mean) < margin <= abs(difference.mean) + 1.96 * floor:  # the images, not the mean, forbid it
+        more += (f"; no number of seeds can show equivalence within ±{margin:g} {difference.form}: the "
+                 f"{difference.n_images:,} test images alone leave ±{1.96 * floor:.3f} {unit}")
     return (f"{interval} contains zero and reaches beyond ±{margin:g} {unit}: {seeds} cannot tell {a} "
             f"from {b}; {more}.")
 

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -28,6 +28,7 @@ class Diverged(RuntimeError):
 class Accuracy:
     correct: int
     total: int
+    hits: torch.Tensor | None = field(default=None, compare=False, repr=False)  # per image, bool, on the CPU
 
     @property
     def percent(self) -> float:
@@ -132,7 +133,7 @@ def train(model: nn.Module, data: Split, *, epochs: int, batch_size: int, lr: fl
 def train_members(members: Step, data: Split, *, epochs: int, batch_size: int, generators: Sequence[torch.Generator],
                   log: Callable[[dict[int, dict]], None], log_every: int, max_loss: float = math.inf,
                   observe: Callable[[int, list[int]], None] | None = None,
-                  observe_every: int | None = None) -> list[MemberRun]:
+                  observe_every: int | None = None, steps: int | None = None) -> list[MemberRun]:
     """The training loop: Adam on each member's own cross-entropy, every member at once; one
     ``MemberRun`` per member.
 
@@ -151,14 +152,19 @@ def train_members(members: Step, data: Split, *, epochs: int, batch_size: int, g
     ``observe_every``-th step with the members written back into their modules; ``alive`` lists the
     indices still training; its time is left out of the epoch's seconds. The members' modules hold
     their trained weights on return.
+
+    With ``steps``, ``epochs`` is ignored: each member trains exactly ``steps`` batches, drawn from
+    as many shuffled passes over ``data`` as that takes (the last pass cut short), reported as one
+    epoch record whose ``n_train`` counts the images trained on, repeats included.
     """
     device = data.images.device
     runs = [MemberRun([]) for _ in range(len(members))]
     alive = list(range(len(members)))
     step = 0
+    epochs = 1 if steps is not None else epochs
     for epoch in range(1, epochs + 1):
         # (steps, N, batch) indices: each member's own permutation, split into the same batch sizes
-        tally = _EpochTally(alive, list(zip(*(shuffled_batches(len(data), batch_size, generators[i], device)
+        tally = _EpochTally(alive, list(zip(*(member_batches(len(data), batch_size, generators[i], device, steps)
                                              for i in alive))))
         n_started, n_batches = len(alive), len(tally.batches)
         start, paused = synchronized_now(device), 0.0
@@ -189,12 +195,24 @@ def train_members(members: Step, data: Split, *, epochs: int, batch_size: int, g
                 observe(step, alive)
                 paused += synchronized_now(device) - pause
         seconds = (synchronized_now(device) - start - paused) / n_started
-        records = tally.epoch_records(epoch, epochs, len(data), seconds)
+        records = tally.epoch_records(epoch, epochs, seconds)
         for i, record in records.items():
             runs[i].epoch_records.append(record)
         log(records)
     members.write_back()
     return runs
+
+
+def member_batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device | str,
+                   steps: int | None = None) -> tuple[torch.Tensor, ...]:
+    """One member's batches of an epoch: one shuffled pass over ``n`` images; with ``steps``, that
+    many batches, from successive passes (each pass's last batch may be short, as a DataLoader's is)."""
+    if steps is None:
+        return shuffled_batches(n, batch_size, generator, device)
+    batches = ()
+    while len(batches) < steps:
+        batches += shuffled_batches(n, batch_size, generator, device)
+    return batches[:steps]
 
 
 class _EpochTally:
@@ -224,10 +242,11 @@ class _EpochTally:
         self.batch_losses = [losses[index] for losses in self.batch_losses]
         self.correct, self.worst_loss = self.correct[index], self.worst_loss[index]
 
-    def epoch_records(self, epoch: int, epochs: int, n_train: int, seconds: float) -> dict[int, dict]:
+    def epoch_records(self, epoch: int, epochs: int, seconds: float) -> dict[int, dict]:
         """Each member's epoch record."""
         losses = torch.stack(self.batch_losses, dim=1)  # (members, steps)
         batch_sizes = torch.tensor([len(step[0]) for step in self.batches], device=losses.device)
+        n_train = int(batch_sizes.sum())  # the images trained on: len(data) for a whole pass
         mean_losses = [total / n_train for total in (losses * batch_sizes).sum(dim=1).tolist()]  # in float64
         return {i: {"kind": "epoch", "epoch": epoch, "epochs": epochs, "loss": mean_losses[j],
                     "train_accuracy": 100.0 * self.correct[j].item() / n_train, "n_train": n_train,
@@ -245,7 +264,8 @@ def evaluate(model: nn.Module, data: Split) -> Accuracy:
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> Accuracy:
-    return Accuracy(int((logits.argmax(dim=1) == labels).sum()), len(labels))
+    hits = logits.argmax(dim=1) == labels
+    return Accuracy(int(hits.sum()), len(labels), hits.cpu())
 
 
 @torch.inference_mode()

@@ -32,12 +32,13 @@ RANGE_CHECKED = {
     "model.hidden_sizes",
     "pretrain.epochs", "pretrain.batch_size", "pretrain.lr", "pretrain.max_loss",
     "finetune.epochs", "finetune.batch_size", "finetune.lr", "finetune.max_loss", "finetune.methods",
-    "finetune.task",
+    "finetune.task", "finetune.steps", "finetune.train_subset", "finetune.validation_size",
     "lora.rank", "lora.alpha", "lora.scaling", "lora.dropout",
     "dora.rank", "dora.alpha", "dora.scaling", "dora.dropout",
     "experiment.seeds", "experiment.ranks", "experiment.population", "experiment.lrs", "experiment.tuning_seeds",
     "experiment.margin", "experiment.launcher",
-    "analysis.every_n_batches", "cache.dir", "log.every_n_batches", "output.dir", "output.run_name", "ray.address",
+    "analysis.every_n_batches", "cache.dir", "log.every_n_batches", "output.dir", "output.run_name", "map.rotate_degrees",
+    "ray.address",
 }
 
 

@@ -135,4 +135,5 @@ def test_bad_launcher_settings_name_the_key(override, message):
 def test_cluster_addresses(address):
     config = load_config(None, ["experiment.launcher=ray", "experiment.seeds=[1, 2]", f"ray.address={address}"])
     assert config.ray.address == (None if address == "null" else address)
-    assert load_config(None, ["experiment.launcher=ray", "data.validation_size=10", "experiment.lrs=[0.01]"])
+    assert load_config(None, ["experiment.launcher=ray", "data.validation_size=10", "experiment.lrs=[0.01]",
+                        "experiment.tuning_seeds=[3]"])

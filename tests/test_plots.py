@@ -6,6 +6,7 @@ import math
 
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgb
 
 from loradora import plots
 from loradora.files import write_json
@@ -16,7 +17,9 @@ METHODS = ("pretrained", "lora", "dora")
 
 
 def finished_run(run_dir, status="complete"):
-    """The files of a one-seed run of pretrained, lora and dora, with the dM/dD analysis on."""
+    """The files of a one-seed run of pretrained, lora and dora, with the dM/dD analysis on: two
+    layers with a line each (of slopes 20 and 5, pooled 10 or -3), and for dora a third layer of
+    one point, too few for a line."""
     run_dir.mkdir()
     # Losses of very different scales: pretraining starts at ln(10), fine-tuning is 100x lower.
     records = [{"phase": phase, "seed": 1, "kind": "epoch",
@@ -26,15 +29,20 @@ def finished_run(run_dir, status="complete"):
     layers = {"layers.0": [128, 784], "layers.2": [256, 128]}
     points = {name: [{"layer": layer, "dD": k * 0.001 * (1 + j), "dM": k * 0.01 * (2 - j)}
                      for k in range(1, 6) for j, layer in enumerate(layers)] for name in ("lora", "dora")}
+    points["dora"].append({"layer": "layers.4", "dD": 0.002, "dM": 0.03})
+    per_layer = {"layers.0": {"slope": 20.0, "correlation": 1.0, "n": 5},
+                 "layers.2": {"slope": 5.0, "correlation": 1.0, "n": 5}}
     summary = {
         "status": status, "seeds": [1], "comparisons": {},
         "config": {"experiment": {"ranks": None}, "finetune": {"task": "same"}},
         "methods": {"pretrained": method_result(test_accuracy=95.0),
                     "lora": method_result(method="lora", rank=4, test_accuracy=97.0),
                     "dora": method_result(method="dora", rank=4, test_accuracy=97.1)},
-        "decomposition": {"lora": {"slope": 10.0, "intercept": 0.0, "correlation": 0.9},
-                          "dora": {"slope": -3.0, "intercept": 0.05, "correlation": -0.5}},
-        "runs": [{"seed": 1, "decomposition": {name: {"points": p, "layers": layers} for name, p in points.items()}}],
+        "decomposition": {"lora": {"slope": 10.0, "intercept": 0.0, "correlation": 0.9, "per_layer": per_layer},
+                          "dora": {"slope": -3.0, "intercept": 0.05, "correlation": -0.5, "per_layer": per_layer}},
+        "runs": [{"seed": 1, "decomposition": {
+            "lora": {"points": points["lora"], "layers": layers},
+            "dora": {"points": points["dora"], "layers": {**layers, "layers.4": [10, 256]}}}}],
     }
     write_json(run_dir / "summary.json", summary)
     return run_dir
@@ -86,6 +94,36 @@ def test_dm_dd_panels_share_both_scales_and_keep_their_legends_outside(tmp_path)
     assert len(axes) == 2
     assert axes[0].get_xlim() == axes[1].get_xlim() and axes[0].get_ylim() == axes[1].get_ylim()
     assert legends_clear_of_the_data(axes)
+
+
+def own_lines(ax) -> dict[str, object]:
+    """The panel's per-layer lines, by layer: each labelled "<layer>, own line: ..."."""
+    return {line.get_label().split(",")[0]: line for line in ax.get_lines() if ", own line:" in line.get_label()}
+
+
+def test_every_layer_with_a_line_gets_its_own_in_its_colour_and_the_pooled_one_stays_grey(tmp_path):
+    summary = plots.load_summary(finished_run(tmp_path / "run"))
+    for ax, (name, fit) in zip(drawn(plots.draw_dm_dd(summary)), summary["decomposition"].items()):
+        lines = own_lines(ax)
+        assert set(lines) == set(fit["per_layer"]) == {"layers.0", "layers.2"}  # layers.4 has no line
+        markers = {collection.get_label().split(":")[0]: collection for collection in ax.collections}
+        for layer, line in lines.items():
+            (x0, y0), (x1, y1) = line.get_xydata()
+            assert (y1 - y0) / (x1 - x0) == pytest.approx(fit["per_layer"][layer]["slope"])  # through its own points
+            assert f"slope {fit['per_layer'][layer]['slope']:+.3f}, r +1.00" in line.get_label()
+            assert to_rgb(line.get_color()) == pytest.approx(tuple(markers[layer].get_facecolor()[0][:3]))
+        pooled = [line for line in ax.get_lines() if line.get_label().startswith("pooled over layers (mixes scales)")]
+        assert len(pooled) == 1 and pooled[0].get_color() == "grey" and pooled[0].get_linestyle() == "--"
+        assert len(ax.get_lines()) == len(lines) + 1
+
+
+def test_a_layer_whose_points_give_no_line_is_left_without_one():
+    points = [{"layer": "a", "dD": 0.1, "dM": 0.2}, {"layer": "a", "dD": 0.1, "dM": 0.3},  # one dD
+              {"layer": "b", "dD": 0.1, "dM": 0.2},  # one point
+              {"layer": "c", "dD": 0.1, "dM": 0.2}, {"layer": "c", "dD": 0.3, "dM": 0.6}]
+    reported = {layer: {"slope": 2.0, "correlation": 1.0, "n": 2} for layer in "abc"}
+    lines = plots.layer_lines(points, reported)
+    assert list(lines) == ["c"] and lines["c"][0].slope == pytest.approx(2.0) and lines["c"][0].intercept == pytest.approx(0.0)
 
 
 def test_the_plots_command_redraws_a_finished_run(tmp_path, capsys):

@@ -198,12 +198,18 @@ def test_a_population_run_matches_one_model_at_a_time(tmp_path, mnist_root, caps
     assert together["status"] == alone["status"] == "complete"
     assert list(together["methods"]) == list(alone["methods"]) == ["pretrained", "lora", "dora", "head"]
     assert [run["seed"] for run in together["runs"]] == [1, 2, 3]
-    # float32: each member's first 8 pretraining steps as alone to 1e-5, every logged loss to 1e-4
-    # (measured under AVX512, AVX2 and SSE kernels and 1 to 8 threads: at most 3.4e-7 and 5.4e-7)
+    # float32: the first two pretraining steps as alone to 1e-5, every other logged loss (the
+    # fine-tuning phases start from those bases) to 1e-2. Adam's
+    # first update is lr * sign(g), so a gradient element that is rounding noise in both runs can
+    # step either way by the full rate, and the runs part from there: on an AVX2 EPYC (2 threads)
+    # seed 2's pretraining loss matched to 0 at steps 0 and 1, then 2.6e-5 at step 2 and 2.3e-3 by
+    # step 7, while seeds 1 and 3 stayed within 3e-7 (issue 19's session; earlier machines, at
+    # most 5.4e-7 everywhere). Members trained at one another's seeds or rates differ from the
+    # first step by far more. The float64 tests above hold each member to 1e-12 over 200 steps.
     first, second = batch_losses(together_records), batch_losses(alone_records)
     assert first.keys() == second.keys()
     for key, loss in first.items():
-        bound = 1e-5 if key[1] == "pretrained" and key[3] < 8 else 1e-4
+        bound = 1e-5 if key[1] == "pretrained" and key[3] < 2 else 1e-2
         assert loss == pytest.approx(second[key], rel=bound), key
     # train s is the population's time shared out: every member of a population gets the same
     for method in together["methods"]:

@@ -3,8 +3,10 @@
 import math
 
 import pytest
+import torch
 
-from loradora.stats import fit_line, paired_difference, spread, t_quantile_975, verdict
+from loradora.stats import (fit_line, paired_difference, seeds_needed, spread, t_quantile_975, two_way_difference,
+                            two_way_intervals, verdict)
 
 # DoRA and LoRA accuracies over 5 seeds, chosen so the arithmetic is exact: differences
 # [0.1, 0.2, -0.2, 0.4, 0.0], mean 0.1, squared deviations 0 + .01 + .09 + .09 + .01 = 0.2,
@@ -87,3 +89,71 @@ def test_fit_line_needs_two_distinct_x():
         fit_line([1.0], [1.0])
     with pytest.raises(ValueError, match="distinct"):
         fit_line([1.0, 1.0], [1.0, 2.0])
+
+
+def simulated_differences(n_sims: int, seeds: int, images: int, mu: float, sigma_a: float, sigma_b: float,
+                          sigma_e: float, seed: int) -> torch.Tensor:
+    """d_si = mu + a_s + b_i + e_si with known components, n_sims at once (float64, a fixed RNG)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def normal(*shape):
+        return torch.randn(n_sims, *shape, generator=generator, dtype=torch.float64)
+
+    return mu + sigma_a * normal(seeds, 1) + sigma_b * normal(1, images) + sigma_e * normal(seeds, images)
+
+
+def coverage(intervals, half_width, mu: float) -> float:
+    return float(((intervals.mean - mu).abs() <= half_width).double().mean())
+
+
+# 2,000 simulations: a 95% coverage has a Monte Carlo standard error of 0.0049, so 0.015 is 3 of them
+SIMS, MC_TOLERANCE = 2000, 0.015
+
+
+def test_the_two_way_interval_covers_the_true_mean_and_the_seed_only_one_does_not_when_images_interact():
+    """Issue 19: over seeds and new test images, d_si = mu + a_s + b_i + e_si. With a method x image
+    interaction (sigma_b > 0), the seed-only interval treats the test set as fixed and under-covers
+    mu; the two-way interval (ANOVA mean squares, Satterthwaite df) covers it at 95%."""
+    mu = 0.3
+    d = simulated_differences(SIMS, seeds=8, images=30, mu=mu, sigma_a=1.0, sigma_b=2.0, sigma_e=3.0, seed=0)
+    intervals = two_way_intervals(d)
+    assert abs(coverage(intervals, intervals.half_width, mu) - 0.95) < MC_TOLERANCE
+    assert coverage(intervals, intervals.seed_half_width, mu) < 0.95 - 3 * MC_TOLERANCE
+
+
+def test_without_an_interaction_both_intervals_cover():
+    mu = -0.2
+    d = simulated_differences(SIMS, seeds=6, images=40, mu=mu, sigma_a=1.0, sigma_b=0.0, sigma_e=2.0, seed=1)
+    intervals = two_way_intervals(d)
+    assert abs(coverage(intervals, intervals.seed_half_width, mu) - 0.95) < MC_TOLERANCE
+    assert abs(coverage(intervals, intervals.half_width, mu) - 0.95) < MC_TOLERANCE
+    assert bool((intervals.half_width >= intervals.seed_half_width - 1e-12).all())  # never narrower
+
+
+def test_the_seed_only_form_of_two_way_is_the_paired_t_interval():
+    """The two forms share the seed means: with the image term left out, two-way's seed-only
+    half-width is paired_difference's over each seed's accuracy."""
+    generator = torch.Generator().manual_seed(2)
+    a, b = torch.rand(5, 400, generator=generator) < 0.9, torch.rand(5, 400, generator=generator) < 0.9
+    paired = paired_difference((100 * a.double().mean(1)).tolist(), (100 * b.double().mean(1)).tolist())
+    intervals = two_way_intervals(100.0 * (a.double() - b.double()))
+    assert float(intervals.mean) == pytest.approx(paired.mean, rel=1e-12, abs=1e-12)
+    assert float(intervals.seed_half_width) == pytest.approx(paired.ci95[1] - paired.mean, rel=1e-9)
+    difference = two_way_difference(a, b)
+    assert difference.std == pytest.approx(paired.std, rel=1e-9)
+
+
+def test_an_image_floor_makes_equivalence_unreachable_and_the_verdict_says_so():
+    """sigma_b^2 / I does not shrink with seeds: where it alone is wider than the margin, no number
+    of seeds shows equivalence for new images, and the verdict gives the floor."""
+    generator = torch.Generator().manual_seed(3)
+    lora = torch.rand(16, 2000, generator=generator) < 0.95
+    dora = lora.clone()
+    dora[:, :20], lora[:, :20] = True, False      # 20 images only DoRA gets right, on every seed,
+    dora[:, 20:40], lora[:, 20:40] = False, True  # and 20 only LoRA: a mean of 0, an interaction of 1%
+    difference = two_way_difference(dora, lora)
+    assert difference.mean == 0.0 and 1.96 * math.sqrt(difference.floor) > 0.05
+    assert seeds_needed(0.0, difference.std, 0.05, floor=difference.floor) is None
+    words = verdict(difference, "DoRA", "LoRA")
+    assert "for new test images" in words and "no number of seeds can show equivalence" in words
+    assert "2,000 test images alone leave" in words

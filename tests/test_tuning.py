@@ -6,8 +6,9 @@ import torch
 
 from conftest import smoke, summary_of
 from loradora import data
+from loradora.config import ConfigError, load_config
 from loradora.data import Split, hold_out
-from loradora.experiment import aggregate, choose_rate, grid_edge
+from loradora.experiment import aggregate, choose_rate, extended_rate, grid_edge, rate_sensitivity
 from loradora.stats import paired_difference, seeds_needed, t_quantile, t_quantile_975, verdict
 from helpers import method_result, seed_results
 
@@ -100,7 +101,7 @@ def test_a_rank_sweep_widens_each_interval_by_bonferroni():
 
 def tuning_run(tmp_path, name, *overrides):
     return summary_of(smoke(tmp_path, "data.train_subset=768", "data.test_subset=200", "data.validation_size=256",
-                            "finetune.epochs=1", "finetune.methods=[lora, dora]", "experiment.seeds=[1, 2, 3]",
+                            "finetune.epochs=1", "finetune.methods=[lora, dora]", "experiment.seeds=[3, 4, 5]",
                             "experiment.tuning_seeds=[1, 2]", "experiment.lrs=[1.0e-3, 1.0e-2]",
                             "analysis.every_n_batches=null", "cache.enabled=false", *overrides, run_name=name))
 
@@ -141,8 +142,63 @@ def test_the_shared_rate_runs_can_be_left_out(tmp_path, mnist_root):
     assert list(summary["methods"]) == ["pretrained", "lora", "dora"] and list(summary["comparisons"]) == ["dora - lora"]
 
 
+def test_tuning_seeds_stay_apart_from_the_compared_seeds_unless_asked(tmp_path, mnist_root, capsys):
+    # issue 19: seeds 1-5 chose the rates and were compared too (tuning_seeds had to be a subset of seeds)
+    tuned = ["experiment.lrs=[1.0e-3, 1.0e-2]", "data.validation_size=256"]
+    with pytest.raises(ConfigError, match="1, 2 in both"):
+        load_config(None, [*tuned, "experiment.seeds=[1, 2, 3]", "experiment.tuning_seeds=[1, 2]"])
+    with pytest.raises(ConfigError, match="apart from experiment.seeds"):
+        load_config(None, [*tuned, "experiment.seeds=[1, 2, 3]"])
+    summary = tuning_run(tmp_path, "overlap", "experiment.seeds=[1, 2, 3]", "experiment.tuning_overlap=true",
+                         "experiment.shared_lr=false")
+    assert summary["tuning"]["dora"]["compared_too"] == [1, 2]
+    assert "seeds 1, 2 chose the rates and are compared too" in " ".join(capsys.readouterr().out.split())
+
+
 def test_a_rate_at_the_grids_edge_is_flagged_and_one_inside_is_not():
     # issue 19: full fine-tuning's chosen rate on MNIST was the grid's lowest, unflagged
     grid = [1e-3, 2e-3, 5e-3]
     assert [grid_edge(grid, rate) for rate in grid] == ["lowest", None, "highest"]
     assert grid_edge([1e-3], 1e-3) is None  # one rate: nothing was chosen
+
+
+def test_the_next_rate_past_an_edge_keeps_the_grids_ratio():
+    assert extended_rate([1e-3, 2e-3, 5e-3], "lowest") == 5e-4
+    assert extended_rate([1e-3, 2e-3, 5e-3], "highest") == 0.0125
+    assert extended_rate([3e-3, 1e-3, 1e-2], "highest") == pytest.approx(1e-2 * 1e-2 / 3e-3)
+
+
+def test_an_edge_rate_extends_the_grid_until_the_best_rate_is_inside(tmp_path, mnist_root, capsys):
+    # issue 19: full fine-tuning's chosen rate was the grid's lowest, and validation still rose below it.
+    # A two-rate grid has no inside, so its chosen rate is always at an edge: the grid must grow.
+    summary = tuning_run(tmp_path, "extend", "experiment.lrs=[1.0e-5, 2.0e-5]", "experiment.extend_grid=true",
+                         "experiment.shared_lr=false")
+    # the rates one, two and three steps past either edge, at the grid's ratio of 2
+    beyond = {1e-5 / 2 ** k for k in (1, 2, 3)} | {2e-5 * 2 ** k for k in (1, 2, 3)}
+    for name, result in summary["tuning"].items():
+        assert 1 <= len(result["extended"]) <= 3 and all(
+            any(rate == pytest.approx(other) for other in beyond) for rate in result["extended"])
+        assert result["grid"] == sorted([1e-5, 2e-5, *result["extended"]])
+        accuracy = {float(rate): value for rate, value in result["validation_accuracy"].items()}
+        assert result["lr"] == choose_rate(accuracy) and set(accuracy) == set(result["grid"])
+        assert result["edge"] is None or len(result["extended"]) == 3  # stopped inside, or after 3 steps
+        assert all(len(values) == 2 for values in result["validation_accuracies"].values())  # per tuning seed
+    assert "Extended past the grid's edge (experiment.extend_grid)" in capsys.readouterr().out
+    sensitivity = summary["rate_sensitivity"]["dora - lora"]
+    assert set(sensitivity) == set(summary["tuning"]["dora"]["validation_accuracy"]) & set(
+        summary["tuning"]["lora"]["validation_accuracy"])
+    without = tuning_run(tmp_path, "no_extend", "experiment.lrs=[1.0e-5, 2.0e-5]", "experiment.shared_lr=false")
+    assert all(result["extended"] == [] and result["edge"] for result in without["tuning"].values())
+    assert (tmp_path / "extend" / "rate_sensitivity.png").exists()
+
+
+def test_dora_minus_lora_at_every_rate_is_paired_by_tuning_seed():
+    tuning = {"dora": {"validation_accuracies": {"0.001": [90.0, 91.0, 92.5], "0.01": [80.0, None, 85.0]}},
+              "lora": {"validation_accuracies": {"0.001": [89.0, 91.0, 92.0], "0.01": [81.0, 70.0, 82.0],
+                                                 "0.1": [10.0, 10.0, 10.0]}}}
+    rows = rate_sensitivity(tuning, [("dora", "lora")])["dora - lora"]
+    assert list(rows) == ["0.001", "0.01"]  # only the rates both trained at
+    low = paired_difference([90.0, 91.0, 92.5], [89.0, 91.0, 92.0])
+    assert rows["0.001"]["mean"] == pytest.approx(0.5) and rows["0.001"]["ci95"] == pytest.approx(list(low.ci95))
+    assert rows["0.01"]["n"] == 2 and rows["0.01"]["mean"] == pytest.approx(1.0)  # the diverged seed left out
+    assert rows["0.01"]["dora"] == pytest.approx(82.5) and rows["0.01"]["lora"] == pytest.approx(81.5)

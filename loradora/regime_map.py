@@ -1,0 +1,175 @@
+"""A map of regimes (configs/map.yaml, issue 19): where DoRA helps, ties or loses against LoRA.
+
+A map is one run per cell, an angle of rotation (``map.rotate_degrees``) by a fine-tuning set size
+(``map.train_subsets``), each an ordinary run (pipeline.execute) in a folder of its own under the
+map's: every method's rate tuned on validation, on the tuning seeds, then DoRA - LoRA at every rank
+over the compared seeds. Pretraining is the same in every cell (``finetune`` keys are not in the
+base's inputs), so every cell of a seed adapts the same base: from the cache, or trained again to
+the same bits; ``same_bases`` in map.json checks it on the bases' test scores.
+
+Afterwards every (cell, rank) question is answered once more, over seeds and new test images
+(stats.two_way_difference, from each cell's test_correct.pt), at two levels: raw (95% each) and
+Bonferroni-adjusted for every question the map asks (cells x ranks), so the whole map holds at 95%.
+The verdict reads the adjusted interval. Written to the map's folder: map.json, map.md (the table)
+and map.png (the heatmap).
+"""
+
+import dataclasses
+import io
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from loradora import pipeline
+from loradora.config import Config, MapConfig, resolve_device, to_dict, to_yaml, validate
+from loradora.experiment import adapter_pairs
+from loradora.files import write_atomic, write_json
+from loradora.per_image import ImageHits
+from loradora.plots import draw_map, with_records
+from loradora.run_folder import OutputUnavailable, create_run_dir, environment
+from loradora.stats import TwoWayDifference, two_way_difference
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of the map: the task rotated by ``rotate_degrees``, fine-tuned on ``train_subset``
+    images of its pool (None: the whole pool)."""
+    rotate_degrees: float
+    train_subset: int | None
+
+    @property
+    def name(self) -> str:
+        return f"rotate{self.rotate_degrees:g}_n{self.train_subset or 'all'}"
+
+    def config(self, config: Config, folder: Path) -> Config:
+        """``config`` as this cell's own run, in ``folder``/<name>."""
+        cell = dataclasses.replace(
+            config, finetune=dataclasses.replace(config.finetune, rotate_degrees=self.rotate_degrees,
+                                                 train_subset=self.train_subset),
+            output=dataclasses.replace(config.output, dir=str(folder), run_name=self.name), map=MapConfig())
+        validate(cell)
+        return cell
+
+
+@dataclass(frozen=True)
+class Answer:
+    """DoRA - LoRA at one cell and rank: the accuracies, the rates chosen, and both intervals."""
+    rotate_degrees: float
+    train_subset: int | None
+    n_train: int
+    rank: int
+    lora_accuracy: float
+    dora_accuracy: float
+    lora_lr: float
+    dora_lr: float
+    this_test_set: list[float]      # the cell's own seed-only interval, 95%, unadjusted
+    new_images: dict                # stats.TwoWayDifference.to_dict, its ci adjusted for the whole map
+    verdict: str                    # from the adjusted interval: dora, lora, tie or undecided
+    raw_verdict: str                # the same from the 95% interval alone
+    seeds_needed: int | None        # undecided: the seeds that would settle it (None: none would)
+
+
+def cells(settings: MapConfig) -> list[Cell]:
+    return [Cell(angle, size) for angle in settings.rotate_degrees for size in settings.train_subsets]
+
+
+def execute(config: Config) -> int:
+    """Every cell's run, then the map over them; the first cell that does not finish ends the map
+    (its exit code is the map's), keeping what the finished cells answered."""
+    try:
+        folder = create_run_dir(config.output.dir, config.output.run_name)
+    except OutputUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    write_atomic(folder / "config.yaml", to_yaml(config))
+    start, todo, done = time.perf_counter(), cells(config.map), []
+    code = 0
+    for i, cell in enumerate(todo, 1):
+        print(f"\n######## map cell {i} of {len(todo)}: {cell.name} ########")
+        code = pipeline.execute(cell.config(config, folder))
+        if code != 0:
+            break
+        done.append(cell)
+    wall = time.perf_counter() - start
+    answers = answer(folder, done, config.experiment.margin)
+    report = {"status": "complete" if code == 0 else f"stopped at cell {len(done) + 1} (exit code {code})",
+              "cells": [cell.name for cell in done], "wall_seconds": wall,
+              "environment": environment(resolve_device(config.device)),
+              "same_bases": same_bases(folder, done), "family": len(answers),
+              "adjustment": f"Bonferroni over {len(answers)} comparisons (cells x ranks)",
+              "answers": [dataclasses.asdict(a) for a in answers], "config": to_dict(config)}
+    write_json(folder / "map.json", report)
+    table = format_map(answers, report)
+    write_atomic(folder / "map.md", table + "\n")
+    if answers:
+        png = io.BytesIO()
+        draw_map(answers, config.experiment.margin).savefig(png, format="png", dpi=120)
+        write_atomic(folder / "map.png", png.getvalue())
+    print("\n" + table + f"\n\nmap: {folder}/ ({wall / 60:.1f} min)")
+    return code
+
+
+def answer(folder: Path, done: list[Cell], margin: float) -> list[Answer]:
+    """DoRA - LoRA at every finished cell and rank, the intervals adjusted for all of them at once."""
+    questions = []  # (cell, summary, hits, dora, lora)
+    for cell in done:
+        run = folder / cell.name
+        summary = with_records(json.loads((run / "summary.json").read_text()))
+        hits = ImageHits.load(run / pipeline.HITS_FILE)
+        questions += [(cell, summary, hits, dora, lora) for dora, lora in adapter_pairs(summary["methods"])
+                      if summary["methods"][dora].rates == "tuned"]
+    answers = []
+    for cell, summary, hits, dora, lora in questions:
+        methods = summary["methods"]
+        seeds = [seed for seed in summary["seeds"]
+                 if all(seed in hits.packed.get(name, {}) for name in (dora, lora))]  # both finished
+        if len(seeds) < 2:
+            continue  # no interval: the cell's own report says why
+        both = two_way_difference(hits.matrix(dora, seeds), hits.matrix(lora, seeds), comparisons=len(questions))
+        needed = both.seeds_needed(margin)
+        answers.append(Answer(
+            cell.rotate_degrees, cell.train_subset, methods[lora].n_train, methods[dora].rank,
+            methods[lora].test_accuracy, methods[dora].test_accuracy, methods[lora].lr, methods[dora].lr,
+            summary["comparisons"][f"{dora} - {lora}"]["ci95"], both.to_dict(), short_verdict(both, both.ci, margin),
+            short_verdict(both, both.ci95, margin), needed[0] if needed else None))
+    return answers
+
+
+def short_verdict(difference: TwoWayDifference, interval, margin: float) -> str:
+    """One word for an interval: dora or lora (it excludes zero on that side), tie (inside
+    +-margin) or undecided."""
+    low, high = interval
+    if low > 0 or high < 0:
+        return "dora" if low > 0 else "lora"
+    return "tie" if -margin <= low and high <= margin else "undecided"
+
+
+def same_bases(folder: Path, done: list[Cell]) -> bool:
+    """Whether every cell's bases scored alike on the plain test set, seed for seed."""
+    scores = [json.loads((folder / cell.name / "summary.json").read_text())["methods"]["pretrained"]["test_accuracies"]
+              for cell in done]
+    return all(score == scores[0] for score in scores)
+
+
+def format_map(answers: list[Answer], report: dict) -> str:
+    """The map as a markdown table, one row per cell and rank."""
+    rows = ["| rotation | fine-tuning images | rank | LoRA | DoRA | lr LoRA / DoRA | DoRA − LoRA | 95% CI, this test set "
+            "| 95% CI, new images | adjusted CI, new images | verdict (raw) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for a in answers:
+        ci95, ci = a.new_images["ci95"], a.new_images["ci"]
+        verdict = a.verdict + (f" (~{a.seeds_needed} seeds)" if a.verdict == "undecided" and a.seeds_needed else "")
+        rows.append(f"| {a.rotate_degrees:g}° | {a.n_train:,} | {a.rank} | {a.lora_accuracy:.2f}% | {a.dora_accuracy:.2f}% "
+                    f"| {a.lora_lr:g} / {a.dora_lr:g} | {a.new_images['mean']:+.3f} "
+                    f"| [{a.this_test_set[0]:+.3f}, {a.this_test_set[1]:+.3f}] | [{ci95[0]:+.3f}, {ci95[1]:+.3f}] "
+                    f"| [{ci[0]:+.3f}, {ci[1]:+.3f}] | {verdict} ({a.raw_verdict}) |")
+    level = f"{100 * (1 - 0.05 / max(report['family'], 1)):.4g}%"
+    return (f"DoRA − LoRA, test accuracy points, by cell and rank; adjusted: {report['adjustment']}, each at "
+            f"{level}, so that all hold together at 95%. The verdict reads the adjusted interval for new test "
+            f"images (dora or lora: it excludes zero on that side; tie: inside ±margin; undecided: neither, "
+            f"with the seeds that would settle it); (raw) reads the 95% one. Status: {report['status']}; "
+            f"{report['wall_seconds'] / 60:.1f} min on {report['environment']['device_name']} "
+            f"({report['environment']['cpu_threads']} threads), torch {report['environment']['torch']}; "
+            f"the same base in every cell: {report['same_bases']}.\n\n" + "\n".join(rows))
