@@ -43,6 +43,10 @@ class ImageHits:
         if other in self.packed:
             self.packed[name] = dict(self.packed[other])
 
+    def seeds(self, name: str) -> set[int]:
+        """The seeds whose hits ``name`` has: those on which it finished."""
+        return set(self.packed.get(name, {}))
+
     def matrix(self, name: str, seeds: list[int]) -> torch.Tensor | None:
         """(seeds, images) bool, in the order of ``seeds``; None unless every seed has it."""
         kept = self.packed.get(name, {})

@@ -255,10 +255,14 @@ class Experiment:
               f"{', '.join(f'{lr:g}' for lr in grid)}, seeds {', '.join(map(str, self.tuning_seeds))}")
         grids = {variant.name: list(grid) for variant in self.variants}
         accuracies = self.validation_accuracies(grids, bases, task)  # (name, rate) -> per tuning seed
+
+        def means(name: str) -> dict[float, float | None]:
+            return mean_accuracies({lr: accuracies[name, lr] for lr in grids[name]})
+
         for _ in range(EXTEND_STEPS if config.experiment.extend_grid else 0):
             beyond = {}
             for name, rates in grids.items():
-                edge = grid_edge(rates, choose_rate(mean_accuracies({lr: accuracies[name, lr] for lr in rates})))
+                edge = grid_edge(rates, choose_rate(means(name)))
                 if edge:
                     beyond[name] = [extended_rate(rates, edge)]
             if not beyond:
@@ -270,11 +274,11 @@ class Experiment:
                 grids[name] = sorted(grids[name] + rates)
         tuning = {}
         for name, rates in grids.items():
-            means = mean_accuracies({lr: accuracies[name, lr] for lr in rates})
-            chosen = choose_rate(means)
+            mean = means(name)
+            chosen = choose_rate(mean)
             tuning[name] = {"lr": chosen, "grid": rates, "edge": grid_edge(rates, chosen),
                             "extended": [lr for lr in rates if lr not in grid],
-                            "validation_accuracy": {f"{lr:g}": means[lr] for lr in rates},
+                            "validation_accuracy": {f"{lr:g}": mean[lr] for lr in rates},
                             "validation_accuracies": {f"{lr:g}": accuracies[name, lr] for lr in rates},
                             "seeds": self.tuning_seeds, "n_validation": len(task.validation),
                             "compared_too": sorted(set(self.tuning_seeds) & set(self.seeds))}

@@ -46,11 +46,16 @@ def write_plots(run_dir: Path) -> list[Path]:
         ("rate_sensitivity.png", lambda: draw_rate_sensitivity(summary), has_rate_sensitivity(summary)),
     ]:
         if applies:
-            png = io.BytesIO()
-            draw().savefig(png, format="png", dpi=120)
-            write_atomic(run_dir / name, png.getvalue())  # a failed write leaves no half figure
+            save_figure(draw(), run_dir / name)
             written.append(run_dir / name)
     return written
+
+
+def save_figure(figure: Figure, path: Path) -> None:
+    """``figure`` as a PNG at ``path``, written atomically: a failed write leaves no half figure."""
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=120)
+    write_atomic(path, png.getvalue())
 
 
 def load_summary(run_dir: Path) -> dict:

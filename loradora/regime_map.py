@@ -15,8 +15,6 @@ and map.png (the heatmap).
 """
 
 import dataclasses
-import io
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -27,9 +25,9 @@ from loradora.config import Config, MapConfig, resolve_device, to_dict, to_yaml,
 from loradora.experiment import adapter_pairs
 from loradora.files import write_atomic, write_json
 from loradora.per_image import ImageHits
-from loradora.plots import draw_map, with_records
+from loradora.plots import draw_map, load_summary, save_figure
 from loradora.run_folder import OutputUnavailable, create_run_dir, environment
-from loradora.stats import TwoWayDifference, two_way_difference
+from loradora.stats import two_way_difference
 
 
 @dataclass(frozen=True)
@@ -93,38 +91,36 @@ def execute(config: Config) -> int:
             break
         done.append(cell)
     wall = time.perf_counter() - start
-    answers = answer(folder, done, config.experiment.margin)
+    summaries = {cell: load_summary(folder / cell.name) for cell in done}
+    answers = answer(folder, summaries, config.experiment.margin)
     report = {"status": "complete" if code == 0 else f"stopped at cell {len(done) + 1} (exit code {code})",
               "cells": [cell.name for cell in done], "wall_seconds": wall,
               "environment": environment(resolve_device(config.device)),
-              "same_bases": same_bases(folder, done), "family": len(answers),
+              "same_bases": same_bases(summaries.values()), "family": len(answers),
               "adjustment": f"Bonferroni over {len(answers)} comparisons (cells x ranks)",
               "answers": [dataclasses.asdict(a) for a in answers], "config": to_dict(config)}
     write_json(folder / "map.json", report)
     table = format_map(answers, report)
     write_atomic(folder / "map.md", table + "\n")
     if answers:
-        png = io.BytesIO()
-        draw_map(answers, config.experiment.margin).savefig(png, format="png", dpi=120)
-        write_atomic(folder / "map.png", png.getvalue())
+        save_figure(draw_map(answers, config.experiment.margin), folder / "map.png")
     print("\n" + table + f"\n\nmap: {folder}/ ({wall / 60:.1f} min)")
     return code
 
 
-def answer(folder: Path, done: list[Cell], margin: float) -> list[Answer]:
-    """DoRA - LoRA at every finished cell and rank, the intervals adjusted for all of them at once."""
+def answer(folder: Path, summaries: dict[Cell, dict], margin: float) -> list[Answer]:
+    """DoRA - LoRA at every finished cell (its run's summary, ``plots.load_summary``) and rank, the
+    intervals adjusted for all of them at once."""
     questions = []  # (cell, summary, hits, dora, lora)
-    for cell in done:
-        run = folder / cell.name
-        summary = with_records(json.loads((run / "summary.json").read_text()))
-        hits = ImageHits.load(run / pipeline.HITS_FILE)
+    for cell, summary in summaries.items():
+        hits = ImageHits.load(folder / cell.name / pipeline.HITS_FILE)
         questions += [(cell, summary, hits, dora, lora) for dora, lora in adapter_pairs(summary["methods"])
                       if summary["methods"][dora].rates == "tuned"]
     answers = []
     for cell, summary, hits, dora, lora in questions:
         methods = summary["methods"]
-        seeds = [seed for seed in summary["seeds"]
-                 if all(seed in hits.packed.get(name, {}) for name in (dora, lora))]  # both finished
+        finished = hits.seeds(dora) & hits.seeds(lora)
+        seeds = [seed for seed in summary["seeds"] if seed in finished]
         if len(seeds) < 2:
             continue  # no interval: the cell's own report says why
         both = two_way_difference(hits.matrix(dora, seeds), hits.matrix(lora, seeds), comparisons=len(questions))
@@ -132,12 +128,12 @@ def answer(folder: Path, done: list[Cell], margin: float) -> list[Answer]:
         answers.append(Answer(
             cell.rotate_degrees, cell.train_subset, methods[lora].n_train, methods[dora].rank,
             methods[lora].test_accuracy, methods[dora].test_accuracy, methods[lora].lr, methods[dora].lr,
-            summary["comparisons"][f"{dora} - {lora}"]["ci95"], both.to_dict(), short_verdict(both, both.ci, margin),
-            short_verdict(both, both.ci95, margin), needed[0] if needed else None))
+            summary["comparisons"][f"{dora} - {lora}"]["ci95"], both.to_dict(), short_verdict(both.ci, margin),
+            short_verdict(both.ci95, margin), needed[0] if needed else None))
     return answers
 
 
-def short_verdict(difference: TwoWayDifference, interval, margin: float) -> str:
+def short_verdict(interval: tuple[float, float], margin: float) -> str:
     """One word for an interval: dora or lora (it excludes zero on that side), tie (inside
     +-margin) or undecided."""
     low, high = interval
@@ -146,10 +142,9 @@ def short_verdict(difference: TwoWayDifference, interval, margin: float) -> str:
     return "tie" if -margin <= low and high <= margin else "undecided"
 
 
-def same_bases(folder: Path, done: list[Cell]) -> bool:
+def same_bases(summaries) -> bool:
     """Whether every cell's bases scored alike on the plain test set, seed for seed."""
-    scores = [json.loads((folder / cell.name / "summary.json").read_text())["methods"]["pretrained"]["test_accuracies"]
-              for cell in done]
+    scores = [summary["methods"]["pretrained"].test_accuracies for summary in summaries]
     return all(score == scores[0] for score in scores)
 
 
