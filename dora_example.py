@@ -26,7 +26,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from loradora.config import ConfigError, load_config
+from loradora.config import Config, ConfigError, differences, load_config
 
 PROJECT = Path(__file__).resolve().parent  # the defaults live here: configs/, data/, results/
 DEFAULT_CONFIG = PROJECT / "configs" / "default.yaml"
@@ -43,20 +43,47 @@ EXIT_CODES = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command line; returns an exit code (EXIT_CODES)."""
+    """The experiment, step by step; returns an exit code (EXIT_CODES)."""
     args = parse_args(argv)
     try:
-        config = load_config(args.config, args.overrides, project=PROJECT)
+        config = read_config(args)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     # Deferred until the config is good: torch and the modules built on it take over a second to
     # import (BENCHMARKS.md, start-up).
-    from loradora import pipeline, regime_map
+    from loradora import pipeline
 
-    if config.map.rotate_degrees is not None:  # configs/map.yaml: a run per cell, then the map
-        return regime_map.execute(config)
-    return pipeline.execute(config)
+    try:
+        run = pipeline.open_run(config, resume=args.resume, other_machine=args.other_machine)
+    except pipeline.RunRefused as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    with run:  # a stop signal, a failed write or missing data ends the steps here, as its exit code
+        data = pipeline.load_data(run)
+        bases = pipeline.pretrain(run, data)
+        pipeline.tune(run, data)
+        pipeline.finetune(run, data, bases)
+        pipeline.compare(run)
+        pipeline.report(run)
+    return run.exit_code
+
+
+def read_config(args: argparse.Namespace) -> Config:
+    """The config the arguments name; with --resume, the stopped run's own (its config.yaml), which
+    --config or overrides may not change."""
+    if args.resume is None:
+        return load_config(args.config or DEFAULT_CONFIG, args.overrides, project=PROJECT)
+    saved = args.resume / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"--resume {args.resume}: no run there (it has no config.yaml)")
+    config = load_config(saved)
+    if args.config is not None or args.overrides:
+        asked = load_config(args.config or saved, args.overrides, project=PROJECT)
+        if differ := differences(config, asked):
+            raise ConfigError(f"--resume {args.resume}: the run was started with other settings ({'; '.join(differ)}); "
+                              f"resume it as it was, without --config or overrides, or start a new run")
+    return config
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -67,8 +94,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                f"output.run_name=r8\n\nExit codes:\n{codes}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", default=DEFAULT_CONFIG, type=Path,
-                        help="YAML file; keys it leaves out keep their defaults (default: %(default)s)")
+    parser.add_argument("--config", type=Path,
+                        help=f"YAML file; keys it leaves out keep their defaults (default: {DEFAULT_CONFIG})")
+    parser.add_argument("--resume", type=Path, metavar="RUN_FOLDER",
+                        help="continue a stopped run (results/<run>) from its own config: only the jobs it had not "
+                             "finished train")
+    parser.add_argument("--other-machine", action="store_true",
+                        help="with --resume: continue on another CPU model or thread count, whose float32 results "
+                             "differ in their last bits (summary.json says which jobs ran where)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
                         help="set any config key, e.g. finetune.epochs=3 finetune.methods=[dora]")
     return parser.parse_args(argv)

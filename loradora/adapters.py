@@ -27,28 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loradora.choices import SCALINGS
+from loradora.choices import lora_scaling  # noqa: F401  (the scaling rule lives with its names)
 
 # DoRA's floor under ||V||, which is 0 only for an all-zero row: torch's F.normalize divides by
 # max(||v||, 1e-12) for the same reason. Rows of a trained weight have norms many orders above it.
 NORM_EPS = 1e-12
-
-
-def lora_scaling(rank: int, alpha: float, scaling: str = "standard") -> float:
-    """The factor s in W0 + s * B @ A.
-
-    standard: alpha / rank (LoRA paper section 4.1, PEFT's default), so changing the rank does not
-        require retuning the learning rate much.
-    rslora:   alpha / sqrt(rank) (Kalajdzievski 2023, arXiv 2312.03732), stable at high rank.
-    alpha:    alpha alone, the convention of the from-scratch DoRA article, to reproduce it.
-    """
-    if scaling == "standard":
-        return alpha / rank
-    if scaling == "rslora":
-        return alpha / math.sqrt(rank)
-    if scaling == "alpha":
-        return float(alpha)
-    raise ValueError(f"unknown scaling {scaling!r}; expected one of {', '.join(SCALINGS)}")
 
 
 # ---- The adapter maths, once ----

@@ -27,22 +27,23 @@ import torch
 from torch import nn
 
 from loradora.config import Config
-from loradora.files import WriteFailed, write_atomic
+from loradora.files import Damaged, WriteFailed, read_checked, write_checked
 from loradora.run_folder import cpu_name
 
 # Bump when what a cache file holds changes (2: a checksum line before the weights); code changes
 # are in the source digest.
 CACHE_FORMAT = 2
+LABEL = "pretrained base"  # the checksum line's (files.write_checked)
 
 # Every file whose code decides a pretrained base's weights: the model and its seeded init, the
-# data, the training loops and the optimiser, the populations and the phase that drives them (its
+# data, the training loops and the optimiser, the populations and the job that drives them (its
 # batch order's seed). Editing any of them, a comment included, retrains the bases once: a few
 # seconds each, against a wrong hit that no result would reveal. What only orchestrates or prints
 # (loradora/pipeline.py, the entry script) is not here; tests/test_cache.py traces a pretraining
 # and fails when a module runs in it that is neither here nor declared not to shape the weights.
 PACKAGE = Path(__file__).resolve().parent
 SOURCES = tuple(PACKAGE / name for name in ("choices.py", "model.py", "data.py", "training.py", "adam.py",
-                                            "population.py", "launcher.py", "phases.py"))
+                                            "population.py", "phases.py", "jobs.py"))
 
 
 def pretrain_key(config: Config, seed: int, device: torch.device, population: list[int] | None = None) -> str:
@@ -114,20 +115,16 @@ def save_cached(path: Path, model: nn.Module, records: list[dict]) -> None:
     buffer = io.BytesIO()
     training = [record for record in records if record["kind"] != "test"]
     torch.save({"state_dict": model.state_dict(), "records": training}, buffer)
-    payload = buffer.getvalue()
-    write_atomic(path, header(payload) + payload)
+    write_checked(path, buffer.getvalue(), LABEL)
 
 
 def read_cached(path: Path, model: nn.Module) -> Cached:
     """The base cached at ``path``, checked against its checksum and against ``model``'s tensors;
     CacheDamaged when it is truncated, changed, unreadable or of another shape."""
     try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise CacheDamaged(f"cannot be read: {error.strerror}") from None
-    first, _, payload = data.partition(b"\n")
-    if first + b"\n" != header(payload):
-        raise CacheDamaged("its checksum does not match: truncated or changed since it was written")
+        payload = read_checked(path, LABEL)
+    except Damaged as error:
+        raise CacheDamaged(str(error)) from None
     try:
         cached = torch.load(io.BytesIO(payload), map_location=next(model.parameters()).device, weights_only=True)
         cached = Cached(cached["state_dict"], cached["records"])
@@ -137,10 +134,6 @@ def read_cached(path: Path, model: nn.Module) -> Cached:
     if {name: tensor.shape for name, tensor in cached.state_dict.items()} != expected:
         raise CacheDamaged("its tensors do not fit the model")
     return cached
-
-
-def header(payload: bytes) -> bytes:
-    return b"loradora pretrained base, sha256 " + hashlib.sha256(payload).hexdigest().encode() + b"\n"
 
 
 class BaseCache:

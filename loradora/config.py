@@ -532,3 +532,15 @@ def to_dict(config: Config) -> dict:
 
 def to_yaml(config: Config) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def differences(before: Config, after: Config) -> list[str]:
+    """Every key whose value differs between two configs, as "key: before -> after"."""
+    def flat(values: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in values.items():
+            out |= flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+        return out
+
+    old, new = flat(to_dict(before)), flat(to_dict(after))
+    return [f"{key}: {short_repr(old[key])} -> {short_repr(new[key])}" for key in old if old[key] != new[key]]

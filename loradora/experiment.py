@@ -1,129 +1,21 @@
-"""What one run fine-tunes (methods, over a rank sweep), and how its seeds add up to an answer.
+"""How a run's seeds add up to an answer.
 
-A run pretrains one base per seed and fine-tunes every *variant* from it: a method, at a rank when it
-is an adapter. Per-seed results are then aggregated: mean +- std of each variant's test accuracy,
+A run pretrains one base per seed and fine-tunes every *variant* (loradora/variants.py) from it.
+Per-seed results are then aggregated: mean +- std of each variant's test accuracy,
 DoRA - LoRA paired by seed with a 95% t interval (same base, batch order and adapter init within a
 seed, so the pairing removes the seed-to-seed noise they share), and the weight-decomposition line
 of each variant pooled over seeds.
 """
 
 import dataclasses
-import itertools
 import math
 import statistics
-from dataclasses import dataclass
 
-from loradora.adapters import ADAPTERS, lora_scaling
-from loradora.choices import ADAPTER_SECTIONS
-from loradora.model import N_CLASSES, N_PIXELS
-from loradora.population import rank_buckets
 from loradora.analysis import DecompositionPoint, DecompositionTracker, fit_decomposition, unavailable_reason
 from loradora.results import MethodResult, SeedResults, aggregate_method
 from loradora.per_image import ImageHits
 from loradora.stats import paired_difference, spread, t_quantile_975, two_way_difference, verdict
-
-@dataclass(frozen=True)
-class Variant:
-    """What one phase trains, as fields: code groups and pairs variants by them, never by their name."""
-    method: str | None    # one of choices.METHODS; None for the pretraining and the untuned base
-    adapter: dict = dataclasses.field(default_factory=dict, hash=False)  # rank, alpha, scaling,
-    # dropout (and detach_norm) for the adapters; empty for the rest
-    swept: bool = False   # one of experiment.ranks: the rank is part of the name
-    rates: str = "tuned"  # "tuned": the run's own rate (chosen on validation, or finetune.lr);
-    # "shared": the shared finetune.lr, beside tuned ones (RATE_FAMILIES)
-    label: str | None = None  # the name of a phase that is no method: "pretrained", "no_finetune"
-
-    @property
-    def name(self) -> str:
-        """Its key in summary.json and its label in the output: "lora", "lora_r8", "lora_r8@shared"."""
-        if self.label is not None:
-            return self.label
-        name = f"{self.method}_r{self.adapter['rank']}" if self.swept else self.method
-        return name if self.rates == "tuned" else f"{name}@{self.rates}"
-
-    def at_shared_rate(self) -> "Variant":
-        return dataclasses.replace(self, rates="shared")
-
-    def settings(self) -> dict:
-        """The MethodResult fields that say what was trained: method, rank, alpha, scaling, s, rates."""
-        rates = None if self.method is None else self.rates
-        if not self.adapter or self.method == "magnitude":  # B = 0: its rank and scaling change nothing
-            return {"method": self.method, "rank": None, "alpha": None, "scaling": None, "s": None, "rates": rates}
-        rank, alpha, scaling = self.adapter["rank"], self.adapter["alpha"], self.adapter["scaling"]
-        return {"method": self.method, "rank": rank, "alpha": alpha, "scaling": scaling,
-                "s": lora_scaling(rank, alpha, scaling), "rates": rates}
-
-
-RATE_FAMILIES = ("tuned", "shared")
-PRETRAINED = Variant(None, label="pretrained")     # the base: every weight trained on plain MNIST
-NO_FINETUNE = Variant(None, label="no_finetune")   # that base scored on a shifted task, before fine-tuning
-
-
-def finetune_variants(config) -> list[Variant]:
-    """``finetune.methods`` in order; with ``experiment.ranks``, each adapter at every rank
-    (every adapter takes the rank, each keeps its own alpha and scaling). An adapter's settings are
-    its config section's (``choices.ADAPTER_SECTIONS``: DoRA's parts alone take dora's); the
-    magnitude alone has no rank to sweep (its B stays zero)."""
-    ranks = config.experiment.ranks
-    variants = []
-    for method in config.finetune.methods:
-        if method not in ADAPTERS:
-            variants.append(Variant(method))
-            continue
-        settings = dataclasses.asdict(getattr(config, ADAPTER_SECTIONS[method]))
-        if ranks is None or method == "magnitude":
-            variants.append(Variant(method, settings))
-        else:
-            variants += [Variant(method, {**settings, "rank": rank}, swept=True) for rank in ranks]
-    return variants
-
-
-def variant_groups(config) -> list[list[Variant]]:
-    """The variants that can train as one population: each baseline alone, each adapter's ranks in
-    buckets of similar cost (``population.rank_buckets``), in ``finetune_variants`` order otherwise."""
-    layer_sizes = [N_PIXELS, *config.model.hidden_sizes, N_CLASSES]
-    groups = []
-    for _, variants in itertools.groupby(finetune_variants(config), key=lambda variant: variant.method):
-        by_rank = {variant.adapter.get("rank"): variant for variant in variants}
-        if len(by_rank) == 1:
-            groups.append(list(by_rank.values()))
-        else:
-            groups += [[by_rank[rank] for rank in bucket] for bucket in rank_buckets(list(by_rank), layer_sizes)]
-    return groups
-
-
-def choose_rate(mean_accuracies: dict[float, float | None]) -> float:
-    """The rate with the best mean validation accuracy; ties go to the smaller rate (the gentler
-    update). A rate with None (some seed diverged there) is never chosen; if every rate diverged,
-    the smallest, the likeliest to train, whose runs then record what happened."""
-    finished = [lr for lr, accuracy in mean_accuracies.items() if accuracy is not None]
-    if not finished:
-        return min(mean_accuracies)
-    return max(finished, key=lambda lr: (mean_accuracies[lr], -lr))
-
-
-def grid_edge(grid: list[float], chosen: float) -> str | None:
-    """"lowest" or "highest" when ``chosen`` is the grid's edge rate, where the validation accuracy
-    may still rise beyond the grid; None for a rate inside it."""
-    if len(grid) < 2 or min(grid) < chosen < max(grid):
-        return None
-    return "lowest" if chosen == min(grid) else "highest"
-
-
-EXTEND_STEPS = 3  # experiment.extend_grid: at most this many rates past an edge (issue 19)
-
-
-def extended_rate(grid: list[float], edge: str) -> float:
-    """The next rate past ``grid``'s ``edge`` ("lowest" or "highest"): its outermost rate times the
-    ratio of its two outermost rates on that side, so an even (geometric) grid stays even."""
-    rates = sorted(grid)
-    outer, inner = (rates[0], rates[1]) if edge == "lowest" else (rates[-1], rates[-2])
-    return float(f"{outer * outer / inner:.6g}")  # 6 digits: the rate prints as it is keyed (f"{lr:g}")
-
-
-def mean_accuracies(accuracies: dict[float, list[float | None]]) -> dict[float, float | None]:
-    """Per rate, the mean validation accuracy over the tuning seeds; None where any seed diverged."""
-    return {lr: None if None in values else statistics.fmean(values) for lr, values in accuracies.items()}
+from loradora.variants import RATE_FAMILIES
 
 
 def rate_sensitivity(tuning: dict, pairs: list[tuple[str, str]]) -> dict:

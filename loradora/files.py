@@ -6,6 +6,7 @@ it in one line, and the last good version of the file is still there.
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -62,3 +63,38 @@ def as_json(value):
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+class Damaged(Exception):
+    """A checked file that cannot be read, or whose content is not what was written; says why."""
+
+
+def write_checked(path: Path, payload: bytes, label: str) -> None:
+    """``payload`` after a line naming it (``label``) and holding its SHA-256, written atomically, so
+    that a file cut short (a full disk, a killed copy) or changed is found before it is loaded."""
+    write_atomic(path, checksum_line(label, payload) + payload)
+
+
+def read_checked(path: Path, label: str) -> bytes:
+    """The payload ``write_checked`` wrote at ``path``; Damaged when it cannot be read or its
+    checksum does not match."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise Damaged(f"cannot be read: {error.strerror}") from None
+    first, _, payload = data.partition(b"\n")
+    if first + b"\n" != checksum_line(label, payload):
+        raise Damaged("its checksum does not match: truncated or changed since it was written")
+    return payload
+
+
+def checksum_line(label: str, payload: bytes) -> bytes:
+    return f"loradora {label}, sha256 {hashlib.sha256(payload).hexdigest()}\n".encode()
+
+
+def read_json_or_none(path: Path):
+    """The JSON at ``path``; None when there is no such file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None

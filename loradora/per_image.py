@@ -13,6 +13,9 @@ from loradora.files import write_atomic
 BIT_WEIGHTS = 2 ** torch.arange(8, dtype=torch.uint8)  # bit k of a byte is image 8j + k
 
 
+HITS_FILE = "test_correct.pt"  # a run's ImageHits, in its folder
+
+
 def pack(hits: torch.Tensor) -> torch.Tensor:
     """A bool vector as bytes, eight images to a byte (the last byte padded with False)."""
     padded = torch.zeros(-(-len(hits) // 8) * 8, dtype=torch.uint8)

@@ -1,9 +1,10 @@
-"""A phase of a run: train its models, one alone or a population at once, then score each on the test set.
+"""A phase's models: how each starts (``start_variant``), how it is scored (``score``), and what the
+console says of it.
 
 A phase is the pretraining or one fine-tuning variant; its metrics records carry its name as
-"phase". ``fit`` collects the models a launcher trains (loradora/launcher.py) and scores them;
-every result ends in ``method_result``, the one place a ``MethodResult`` is made. The console gets
-one line per record of one model, or per population (``show_members``: the members' mean and range).
+"phase". Every result ends in ``method_result``, the one place a ``MethodResult`` is made. The
+console gets one line per record of one model, or per population (``member_line``: the members'
+mean and range).
 """
 
 from collections.abc import Callable
@@ -16,8 +17,7 @@ from tqdm import tqdm
 from loradora.adapters import count_trainable_parameters
 from loradora.analysis import DecompositionTracker
 from loradora.data import Split
-from loradora.experiment import Variant
-from loradora.launcher import TrainJob
+from loradora.variants import Variant
 from loradora.methods import prepare
 from loradora.results import MethodResult
 from loradora.training import Accuracy, evaluate
@@ -50,7 +50,8 @@ def score(model: nn.Module, variant: Variant, test_data: Split, record: Record, 
     """Accuracy on the whole of ``test_data``, with what training cost (``training``: method_result's)."""
     accuracy = evaluate(model, test_data)
     record({"phase": variant.name, "kind": "test", "test_accuracy": accuracy.percent, "n_test": accuracy.total})
-    return Scored(method_result(model, variant, n_test=len(test_data), accuracy=accuracy, **training), accuracy.hits)
+    # n_test is what was scored, not the split's length: a test of "all 10,000 images" then checks evaluate itself
+    return Scored(method_result(model, variant, n_test=accuracy.total, accuracy=accuracy, **training), accuracy.hits)
 
 
 @dataclass
@@ -77,81 +78,9 @@ def assert_unchanged(model: nn.Module, frozen: dict, phase: str) -> None:
         raise RuntimeError(f"{phase} fine-tuning changed frozen weights: {', '.join(changed)}")
 
 
-def population_job(models: list[nn.Module], settings, train_data: Split, seeds: list[int], log_every: int,
-                   precision: str, trackers: list | None = None, track_every: int | None = None,
-                   lrs: list[float] | None = None, steps: int | None = None) -> TrainJob:
-    """What training ``models`` as one population takes: member i is seed ``seeds[i]``'s model, at
-    rate ``lrs[i]`` (default: ``settings.lr``), measured by ``trackers[i]`` if given; its products
-    in ``precision`` (the config's); with ``steps`` (finetune.steps), that many batches instead of
-    ``settings.epochs`` passes."""
-    return TrainJob(models, trackers or [None] * len(models), train_data, seeds, lrs or settings.lr,
-                    epochs=settings.epochs, batch_size=settings.batch_size, log_every=log_every,
-                    max_loss=settings.max_loss, observe_every=track_every, precision=precision, steps=steps)
-
-
-def fit(launcher, pending, variants: list[Variant], test_data: Split, record: Record) -> list[Scored]:
-    """A phase's models, submitted to ``launcher`` as one population (of one, for a model trained
-    alone): member i is ``variants[i]``. Waits for their training, then tests each member on the
-    whole of ``test_data`` (with its seed's labels, where a teacher labels each seed's own way); a member that diverged gets its error instead. ``tracker``s, when the
-    job has them, measure the weight decomposition after the last step too."""
-    job = pending.job
-    trained = collect(launcher, pending, [variant.name for variant in variants], record)
-    results = []
-    for model, variant, seed, lr, tracker, member in zip(job.models, variants, job.seeds, job.lrs, job.trackers,
-                                                          trained):
-        training = dict(lr=lr, epochs=1 if job.steps else job.epochs, steps=job.steps, n_train=len(job.data))
-        if member.diverged:
-            results.append(Scored(method_result(model, variant, n_test=len(test_data), error=member.diverged,
-                                                **training), None))
-            continue
-        if tracker is not None:
-            tracker(sum(len(r["batch_losses"]) for r in member.epoch_records))
-        results.append(score(model, variant, test_data.of_seed(seed), tagged(record, seed=seed, member=True),
-                             epoch_records=member.epoch_records, **training))
-    show_members(", ".join(dict.fromkeys(variant.name for variant in variants)),
-                 [test_record(scored.result) for scored in results if not scored.result.diverged])
-    return results
-
-
-def collect(launcher, pending, phases: list[str], record: Record) -> list:
-    """Collect a population submitted to ``launcher`` (``launcher.train``): trained here now, or by
-    Ray, whose log records arrive with its result. Each member's records go to ``record``
-    marked ``member`` (metrics.jsonl keeps them all); the console gets one line per logged batch with
-    the members' mean and range instead, and a line per diverged member."""
-    job = pending.job
-    label = ", ".join(dict.fromkeys(phases))
-    rates = f" at lr {', '.join(f'{lr:g}' for lr in dict.fromkeys(job.lr))}" if isinstance(job.lr, list) else ""
-    together = "" if len(job.models) == 1 else (
-        f"; {len(job.models)} models at once{rates} (seeds {', '.join(map(str, dict.fromkeys(job.seeds)))})")
-    print(f"\n== {label}: {phase_header(job.models[0], job.epochs, job.steps)}{together}")
-
-    def log(records: dict[int, dict]) -> None:
-        for i, r in records.items():
-            record({"seed": job.seeds[i], "phase": phases[i], "member": True, **r})
-        show_members(label, list(records.values()))
-
-    trained = launcher.collect(pending, log)
-    for phase, seed, member in zip(phases, job.seeds, trained):
-        if member.diverged:
-            tqdm.write(f"{phase} (seed {seed}) diverged and was stopped: {member.diverged}; its results are not used")
-            record({"seed": seed, "phase": phase, "member": True, "kind": "diverged", "message": member.diverged})
-    return trained
-
-
 def tagged(record: Record, **tags) -> Record:
     """``record`` with ``tags`` (a seed, say) added to every record it receives."""
     return lambda r: record({**tags, **r})
-
-
-class Kept:
-    """A ``Record`` that passes every record on to ``record`` and keeps a copy in ``records``."""
-
-    def __init__(self, record: Record):
-        self.record, self.records = record, []
-
-    def __call__(self, metrics: dict) -> None:
-        self.records.append(metrics)
-        self.record(metrics)
 
 
 def test_record(result: MethodResult) -> dict:
@@ -167,19 +96,19 @@ def phase_header(model: nn.Module, epochs: int, steps: int | None = None) -> str
 
 
 def show(record: dict) -> None:
-    """Print a metrics record. Records replayed from the pretrained cache are not printed again,
-    nor the members' records of a phase (``collect`` prints them, as one line for all), nor
-    the tuning record (its table is printed)."""
+    """Print a metrics record. Records replayed from the pretrained cache or a kept job are not
+    printed again, nor the members' records of a phase (a job prints them, as one line for all),
+    nor the tuning record (its table is printed)."""
     if record.get("cached") or record.get("member") or record["kind"] == "tuning":
         return
-    show_members(record["phase"], [record])
+    tqdm.write(member_line(record["phase"], [record]))  # through tqdm: a progress bar is not broken up
 
 
-def show_members(label: str, records: list[dict]) -> None:
+def member_line(label: str, records: list[dict]) -> str | None:
     """One line for the same record of one model, or of every member of a population: then each
-    number is the members' mean with their [min, max]."""
+    number is the members' mean with their [min, max]. None for no records."""
     if not records:
-        return
+        return None
     first, many = records[0], len(records) > 1
 
     def stat(key: str, fmt: str) -> str:
@@ -199,4 +128,4 @@ def show_members(label: str, records: list[dict]) -> None:
         line = (f"{label}: test accuracy {stat('test_accuracy', '.2f')}%{of} of {first['n_test']:,} images"
                 if not many else f"{label}: test accuracy {stat('test_accuracy', '.2f')}%{of}, each of "
                                  f"{first['n_test']:,} images")
-    tqdm.write(line)  # through tqdm, so a progress bar on a terminal is not broken up
+    return line

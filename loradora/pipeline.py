@@ -1,50 +1,65 @@
-"""The experiment as it runs: its data, its phases in order, and the summary they fill in.
+"""The experiment's steps, in the order ``dora_example.main`` calls them: open the run, load the data,
+pretrain, tune, fine-tune, compare, report.
 
-``Experiment`` holds what every phase of one run needs (the config, the device, the summary, the
-metrics sink, the run folder, the launcher and the pretrained-base cache), so its methods take
-only what differs between calls. A phase is the pretraining or one fine-tuning variant; how one
-phase trains and is scored is in loradora/phases.py, what it measures is a loradora/results.py
-record.
+Each step that trains asks the plan (loradora/plan.py) for its jobs and hands them to
+``Run.execute``, which takes the results the run folder holds already and has the launcher train
+the rest (loradora/launcher.py), keeping each result in the folder as it arrives
+(loradora/jobs.py). So a stopped run resumes (``open_run(..., resume=folder)``) with the jobs it
+had not finished, and its summary is the one an uninterrupted run writes.
 
-A run goes phase by phase (``Experiment.run``): every seed's pretraining, then each fine-tuning
-variant for every seed, each phase's models trained at once as populations (loradora/population.py;
-a population of one is a model trained alone), each where the launcher puts it.
+A run is one *cell* (``Cell``): its config, folder, summary and metrics log; a map
+(configs/map.yaml, loradora/regime_map.py) is one cell per angle and size, all in one plan, so
+their pretraining is shared and their other jobs are ready side by side.
 """
 
 import dataclasses
-import gc
+import fcntl
+import os
 import shutil
 import statistics
 import sys
-from dataclasses import dataclass
-from types import SimpleNamespace
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from loradora import data, phases
-from loradora.adapters import ADAPTERS
+from loradora import data as mnist_data
+from loradora import jobs, phases, regime_map
 from loradora.artifacts import format_artifacts, save_method, save_pretrained
-from loradora.cache import BaseCache, Cached
+from loradora.cache import BaseCache
+from loradora.choices import TEACHER_TASKS
 from loradora.config import Config, ConfigError, resolve_device, to_dict, to_yaml
 from loradora.data import DataUnavailable, Split, hold_out
-from loradora.experiment import (EXTEND_STEPS, NO_FINETUNE, PRETRAINED, Variant, adapter_pairs, aggregate,
-                                 choose_rate, decomposition_result, extended_rate, finetune_variants, grid_edge,
-                                 mean_accuracies, rate_sensitivity, variant_groups)
-from loradora.files import WriteFailed, write_atomic, write_json
-from loradora.launcher import LauncherUnavailable, LocalLauncher, make_launcher
-from loradora.model import initial_base
+from loradora.experiment import adapter_pairs, aggregate, rate_sensitivity
+from loradora.files import WriteFailed, read_json_or_none, write_atomic, write_json
+from loradora.jobs import JobData, JobResult, JobStore, Output
+from loradora.launcher import LauncherUnavailable, make_launcher
+from loradora.methods import prepare
+from loradora.per_image import HITS_FILE, ImageHits
+from loradora.plan import Job, Plan, Stamp, all_seeds, compared_seeds, tuning_seeds
 from loradora.plots import write_plots
-from loradora.per_image import ImageHits
-from loradora.population import population_chunks
 from loradora.report import format_rate_sensitivity, format_report, format_tuning
-from loradora.results import MethodResult, SeedResults
+from loradora.results import SeedResults
 from loradora.run_folder import MetricsLog, OutputUnavailable, create_run_dir, environment
-from loradora.stops import Received, stop_on_signals
-from loradora.choices import TEACHER_TASKS
+from loradora.stops import stop_on_signals
 from loradora.tasks import shift_split, task_label, taught, teachers_of
 from loradora.tensorboard import TensorBoardLog, TensorBoardUnavailable, require_tensorboard
 from loradora.training import evaluate, use_deterministic_algorithms
+from loradora.variants import NO_FINETUNE, finetune_variants
+
+STAMP_FILE = "stamp.json"      # in jobs/: what the jobs' bits depend on besides the config (plan.Stamp)
+
+
+class RunRefused(RuntimeError):
+    """The run cannot start or resume: exit code 2, and nothing is written."""
+
+
+class PretrainingDiverged(RuntimeError):
+    """A base diverged: there is nothing to fine-tune."""
+
+
+# ---- what a run holds ----
 
 
 class Summary:
@@ -83,9 +98,6 @@ class Summary:
             write_json(self.path, self.data)
 
 
-HITS_FILE = "test_correct.pt"  # per variant and seed, the test images it got right, bit-packed (per_image.py)
-
-
 @dataclass
 class Splits:
     train: Split
@@ -93,16 +105,269 @@ class Splits:
     validation: Split | None  # held out of the training images (data.validation_size), or None
 
 
-def load_data(config: Config, device: torch.device) -> tuple[Splits, Splits]:
-    """MNIST for pretraining, and the same images as the fine-tuning task sees them."""
-    options = dict(root=config.data.root, device=device, download=config.data.download)
-    train_data = data.load_mnist(train=True, subset=config.data.train_subset, **options)
+@dataclass
+class Cell:
+    """One run of the plan: its config, its folder and what it writes there. A plain run is one
+    cell, named ""; a map has one per angle and size, each in a folder of its own."""
+    name: str
+    config: Config
+    folder: Path
+    summary: Summary
+    sinks: list                                   # metrics.jsonl, and TensorBoard with log.tensorboard
+    runs: list[SeedResults] = field(default_factory=list)  # per compared seed, its results so far
+
+    def write(self, record: dict) -> None:
+        for sink in self.sinks:
+            sink(record)
+
+    def record(self, metrics: dict) -> None:
+        """A metrics record of this cell: on the console (phases.show) and into its files."""
+        phases.show(metrics)
+        self.write(metrics)
+
+
+class Run:
+    """A run as it goes: its folder (locked against a second process), device, launcher, plan,
+    cells, and the jobs' results so far. Used as a context manager, it turns the ways a run ends
+    into its exit code (dora_example.EXIT_CODES): a stop signal, a failed write, missing data."""
+
+    def __init__(self, config: Config, folder: Path, resumed: bool, device: torch.device, launcher, lock):
+        self.config, self.folder, self.resumed, self.device, self.launcher = config, folder, resumed, device, launcher
+        self.lock = lock  # acquire(folder)'s
+        self.started = time.perf_counter()
+        self.stamp = Stamp(jobs.code_digest(), torch.__version__, device.type)
+        self.cells = [open_cell(name, cell_config, folder, resumed, device)
+                      for name, cell_config in cells_of(config, folder).items()]
+        self.plan = Plan({cell.name: cell.config for cell in self.cells}, self.stamp)
+        self.store = JobStore(folder / "jobs")
+        self.results: dict[str, JobResult] = {}  # key -> result: kept from before, or trained now
+        self.kept: set[str] = set()             # the keys whose results were in the folder when it opened
+        self.replayed: set[str] = set()         # the kept results this process has gone through
+        self.trained = 0
+        self.exit_code = 0
+        self.cache = BaseCache(config, device) if config.cache.enabled else None
+
+    @property
+    def progress(self) -> dict:
+        return {key: result.validation for key, result in self.results.items()}
+
+    def cell(self, name: str) -> Cell:
+        return next(cell for cell in self.cells if cell.name == name)
+
+    def keep_results(self) -> None:
+        """Read back every job result the folder holds; a damaged one is dropped (and trained again)."""
+        for path in sorted(self.store.folder.glob("*.pt")):
+            if (result := self.store.load(path.stem, self.device)) is not None:
+                self.results[result.key] = result
+        self.kept = set(self.results)
+        if self.resumed:
+            print(f"resuming {self.folder}: {len(self.kept)} job results kept; training only what is missing")
+
+    def execute(self, planned: list[Job], inputs) -> list[tuple[Job, JobResult]]:
+        """``planned``'s results in order: those kept from before (their records replayed into the
+        metrics files, not the console), then the rest trained by the launcher, each kept in the
+        folder as it arrives (``settle``: what must be done to it first)."""
+        missing = [job for job in planned if job.key not in self.results]
+        fresh = self.launcher.run(missing, inputs)
+        done = []
+        for job in planned:
+            if job.key in self.results:
+                result = self.results[job.key]
+                if job.key not in self.replayed:  # once, though a map's cells share their pretraining
+                    self.replayed.add(job.key)
+                    for record in result.records:
+                        self.write(job, record)
+            else:
+                _, result = next(fresh)
+                self.results[job.key] = result
+                self.trained += 1
+            done.append((job, result))
+        return done
+
+    def write(self, job: Job, record: dict) -> None:
+        for cell in (self.cells if job.cell is None else [self.cell(job.cell)]):
+            cell.write(record)
+
+    def __enter__(self) -> "Run":
+        self.stops = stop_on_signals()  # after the launcher: ray.init sets a SIGTERM handler of its own
+        self.received = self.stops.__enter__()
+        return self
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        try:
+            return self.end(error)
+        finally:
+            for cell in self.cells:
+                for sink in cell.sinks:
+                    getattr(sink, "close", lambda: None)()
+            self.stops.__exit__(None, None, None)
+            self.launcher.close()  # a Ray runtime started for the run goes, with its workers
+            release(self.lock)
+
+    def end(self, error: BaseException | None) -> bool:
+        """The exit code for how the run ended; True when that ending is handled here."""
+        if error is None:
+            self.exit_code = 0 if all(cell.summary.data["status"] == "complete" for cell in self.cells) else 1
+            return True
+        if isinstance(error, DataUnavailable):  # raised while loading MNIST, before anything is trained
+            if not self.resumed:
+                shutil.rmtree(self.folder)  # so an empty run folder is not left behind to be mistaken for a result
+            print(f"error: {error}", file=sys.stderr)
+        elif isinstance(error, KeyboardInterrupt):
+            stop = self.received.stop(error)
+            print(f"\ninterrupted by {stop.name}: {self.close('interrupted')}; {self.how_to_resume()}", file=sys.stderr)
+            self.exit_code = stop.exit_code
+            return True
+        elif isinstance(error, WriteFailed):
+            print(f"error: {error}; {self.close('write failed')}", file=sys.stderr)
+        elif isinstance(error, PretrainingDiverged):
+            for cell in self.cells:
+                cell.summary.finish("pretraining diverged")
+            print(f"error: the pretraining diverged, so there is nothing to fine-tune: {error}", file=sys.stderr)
+        else:
+            return False
+        self.exit_code = 1
+        return True
+
+    def close(self, status: str) -> str:
+        return "; ".join(cell.summary.close(status) for cell in self.cells)
+
+    def how_to_resume(self) -> str:
+        return f"continue it with: python dora_example.py --resume {self.folder}"
+
+
+def cells_of(config: Config, folder: Path) -> dict[str, Config]:
+    """The run's cells: itself, or a map's (regime_map.cells), each a config of its own."""
+    if config.map.rotate_degrees is None:
+        return {"": config}
+    return {cell.name: cell.config(config, folder) for cell in regime_map.cells(config.map)}
+
+
+def open_cell(name: str, config: Config, folder: Path, resumed: bool, device: torch.device) -> Cell:
+    """A cell's folder (the run's own, or <run>/<name> in a map) with its sinks; on a resume its
+    metrics files start again, since every kept job replays its records into them."""
+    folder = folder / name if name else folder
+    folder.mkdir(exist_ok=True)
+    if resumed:
+        (folder / "metrics.jsonl").unlink(missing_ok=True)
+        shutil.rmtree(folder / "tensorboard", ignore_errors=True)
+    if name:
+        write_atomic(folder / "config.yaml", to_yaml(config))
+    sinks = [MetricsLog(folder / "metrics.jsonl")]  # each gets every metrics record
+    if config.log.tensorboard:
+        sinks.append(TensorBoardLog(folder / "tensorboard"))
+    return Cell(name, config, folder, Summary(config, device, folder / "summary.json"), sinks)
+
+
+# ---- open the run ----
+
+
+def open_run(config: Config, resume: Path | None = None, other_machine: bool = False) -> Run:
+    """A new run folder for ``config``, or the stopped run in ``resume`` (``config`` is then its
+    own, read back from its config.yaml); RunRefused (exit code 2) when either cannot be: a device
+    or an optional package that is missing, a folder that exists or cannot be made, another process
+    on it, or jobs whose code, torch or device differ from this machine's."""
+    try:
+        device = resolve_device(config.device)
+        if config.log.tensorboard:
+            require_tensorboard()  # a missing package stops the run before its folder is made
+        folder = resume if resume is not None else create_run_dir(config.output.dir, config.output.run_name)
+    except (ConfigError, TensorBoardUnavailable, OutputUnavailable) as error:
+        raise RunRefused(str(error)) from None
+    lock = acquire(folder)
+    try:
+        stamp = Stamp(jobs.code_digest(), torch.__version__, device.type)
+        check_machine(folder / "jobs" / STAMP_FILE, stamp, device, other_machine)
+        # so do a missing ray package and a cluster that cannot be joined
+        launcher = make_launcher(config.experiment.launcher, config.ray.address, device)
+    except (RunRefused, LauncherUnavailable) as error:
+        release(lock)
+        if resume is None:
+            shutil.rmtree(folder)
+        raise RunRefused(str(error)) from None
+    if config.deterministic:
+        use_deterministic_algorithms()
+    run = Run(config, folder, resume is not None, device, launcher, lock)
+    run.keep_results()
+    return run
+
+
+def acquire(folder: Path):
+    """An exclusive lock on the run folder, held while the process lives: the kernel drops it when
+    the process ends, however it ends (SIGKILL too), so a lock left behind is never stale."""
+    handle = open(folder / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RunRefused(f"{folder} is in use by {holder}; wait for it to end, or stop it first") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()}")
+    handle.flush()
+    return handle
+
+
+def release(lock) -> None:
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    lock.close()
+
+
+def check_machine(path: Path, stamp: Stamp, device: torch.device, other_machine: bool) -> None:
+    """The jobs kept in a run folder were trained with ``path``'s code, torch and device: another
+    code digest, torch version or device type would mix results of two computations, and is refused;
+    another CPU model or thread count changes float32's last bits only, and is allowed when asked
+    (``other_machine``; summary.json then says which jobs ran where). A new folder records ours."""
+    here = {**dataclasses.asdict(stamp), **jobs.ran_on(device)}
+    before = read_json_or_none(path)
+    if before is None:
+        write_json(path, here)
+        return
+    refused = [key for key in ("code", "torch", "device_type") if before.get(key) != here[key]]
+    if refused:
+        differ = ", ".join(f"{key} {before.get(key)} then, {here[key]} now" for key in refused)
+        raise RunRefused(f"cannot resume {path.parent.parent}: its jobs were trained with other {differ}; "
+                         f"start a new run instead")
+    machine = [key for key in ("device_name", "threads") if before.get(key) != here[key]]
+    if machine and not other_machine:
+        differ = ", ".join(f"{key} {before.get(key)!r} then, {here[key]!r} now" for key in machine)
+        raise RunRefused(f"{path.parent.parent} was started on another machine ({differ}): its float32 results "
+                         f"would differ in their last bits from this one's; add --other-machine to continue "
+                         f"anyway (summary.json then says which jobs ran where)")
+
+
+# ---- load the data ----
+
+
+@dataclass
+class CellData:
+    mnist: Splits  # pretraining's: MNIST as it is
+    task: Splits   # the cell's fine-tuning task, its validation split and test set
+
+
+def load_data(run: Run) -> dict[str, CellData]:
+    """MNIST once, then each cell's fine-tuning task made from it. The run's resolved config is
+    printed and saved first (config.yaml), every key as the run uses it."""
+    config = run.config
+    print(to_yaml(config))
+    write_atomic(run.folder / "config.yaml", to_yaml(config))
+    options = dict(root=config.data.root, device=run.device, download=config.data.download)
+    train_data = mnist_data.load_mnist(train=True, subset=config.data.train_subset, **options)
     validation = None
     if config.data.validation_size:
         train_data, validation = hold_out(train_data, config.data.validation_size, config.data.validation_seed)
-    mnist = Splits(train_data, data.load_mnist(train=False, subset=config.data.test_subset, **options), validation)
+    mnist = Splits(train_data, mnist_data.load_mnist(train=False, subset=config.data.test_subset, **options),
+                   validation)
     held = f", {len(validation):,} held out for validation" if validation is not None else ""
-    print(f"MNIST: {len(mnist.train):,} training{held} and {len(mnist.test):,} test images, on {device}")
+    print(f"MNIST: {len(mnist.train):,} training{held} and {len(mnist.test):,} test images, on {run.device}")
+    return {cell.name: CellData(mnist, task_splits(cell.config, mnist)) for cell in run.cells}
+
+
+def task_splits(config: Config, mnist: Splits) -> Splits:
+    """The images as the fine-tuning task sees them: shifted (finetune.task), and drawn from the
+    task's pool (finetune.train_subset, finetune.validation_size)."""
     settings = config.finetune
 
     def shift(split: Split | None) -> Split | None:
@@ -114,362 +379,248 @@ def load_data(config: Config, device: torch.device) -> tuple[Splits, Splits]:
         print(f"fine-tuning task: {label}, training, validation and test images alike")
     task = Splits(shift(mnist.train), shift(mnist.test), shift(mnist.validation))
     if settings.train_subset is None and not settings.validation_size:
-        return mnist, task
+        return task
     # The fine-tuning set (and its validation split) drawn from the task's training images, the
     # pool; pretraining keeps every image, so each size adapts the same base (issue 19's map).
-    train, validation = data.draw(task.train, settings.train_subset, settings.validation_size, settings.subset_seed)
+    train, validation = mnist_data.draw(task.train, settings.train_subset, settings.validation_size,
+                                        settings.subset_seed)
     validation = validation if settings.validation_size else task.validation
     print(f"fine-tuning on {len(train):,} of the task's {len(task.train):,} training images (finetune.train_subset, "
           f"draw {settings.subset_seed})" + (f", {len(validation):,} more for validation" if settings.validation_size else ""))
-    return mnist, Splits(train, task.test, validation)
+    return Splits(train, task.test, validation)
 
 
-class Experiment:
-    """One run: ``run`` trains every phase and fills ``summary`` as it goes.
+# ---- pretrain ----
 
-    ``record`` receives every metrics record. A method that diverges is recorded as such and the
-    others still run; a pretraining that diverges leaves nothing to fine-tune. With ``run_dir`` the
-    first seed's models and adapters are saved there too (benchmarks leave it out).
-    """
 
-    def __init__(self, config: Config, device: torch.device, summary: Summary, record=lambda metrics: None,
-                 run_dir: Path | None = None, launcher=None):
-        self.config, self.device, self.summary, self.record, self.run_dir = config, device, summary, record, run_dir
-        self.launcher = launcher or LocalLauncher()
-        self.cache = BaseCache(config, device) if config.cache.enabled else None
-        self.variants = finetune_variants(config)
-        self.seeds = config.experiment.seeds or [config.seed]  # the compared seeds: runs[i] is seeds[i]
-        self.tuning_seeds = config.experiment.tuning_seeds or self.seeds  # overlap: only when configured so
-        # every seed with a base: the compared ones first, so bases[i] is runs[i]'s; then those that only tune
-        self.all_seeds = self.seeds + [seed for seed in self.tuning_seeds if seed not in self.seeds]
+def pretrain(run: Run, data: dict[str, CellData]) -> dict[int, torch.nn.Module]:
+    """Every seed's base (seed -> model): from the run folder, the pretrained-base cache, or
+    trained as populations. Then, per cell: its first seed's base saved, its teacher's labels made
+    (finetune.task gain or turn), and on a shifted task every base scored on it before fine-tuning."""
+    config, mnist = run.cells[0].config, next(iter(data.values())).mnist
+    planned = run.plan.pretraining()
 
-    def run(self) -> None:
-        """Phase by phase: every seed's pretraining, then each fine-tuning method at each rank
-        bucket for every seed. A phase trains its seeds (and a sweep's ranks) as populations of
-        ``experiment.population`` models at once (1: one model after another, each exactly as it
-        trains alone, ``training.OneModel``).
+    def inputs(job: Job):
+        output = Output(lambda metrics: (phases.show(metrics), run.write(job, metrics)))
+        return config, JobData(mnist.train, mnist.test), output
 
-        With ``experiment.lrs``, each variant first trains at every rate of the grid on the tuning
-        seeds and is scored on the validation split; the rate with the best mean validation accuracy
-        is its rate for every seed (summary["tuning"]). The test set is scored only after that
-        choice, at the chosen rates, and at the shared ``finetune.lr`` as "<variant>@shared".
+    for job in planned:
+        if job.key not in run.results and run.cache is not None:
+            if (cached := jobs.from_cache(job, config, JobData(mnist.train, mnist.test), run.cache,
+                                          inputs(job)[2])) is not None:
+                run.results[job.key] = cached
+                run.replayed.add(job.key)
+                run.store.save(cached)
+    bases, outcomes = {}, {}
+    for job, result in run.execute(planned, inputs):
+        if job.key not in run.kept and not result.cached:
+            run.store.save(result)
+            if run.cache is not None:
+                jobs.to_cache(result, job, run.cache, config)
+        for seed, member in zip(job.seeds, result.members):
+            outcomes[seed] = member.result
+            if member.state is not None:
+                bases[seed] = jobs.base_model(config, member.state, run.device)
+    run.base_states = {seed: base.state_dict() for seed, base in bases.items()}
+    for cell in run.cells:
+        cell.runs = [SeedResults(seed, {"pretrained": outcomes[seed]}) for seed in compared_seeds(cell.config)]
+    if diverged := [f"seed {seed}: {outcome.error}" for seed, outcome in outcomes.items() if outcome.diverged]:
+        for cell in run.cells:
+            cell.summary.update(cell.runs)
+        raise PretrainingDiverged("; ".join(diverged))
+    for cell in run.cells:
+        after_pretraining(cell, bases, data[cell.name])
+        cell.summary.update(cell.runs)
+    return bases
 
-        Each phase (the pretraining, the tuning, a method at a rank bucket) submits all its
-        populations to the launcher before it collects the first, then collects them in order.
-        """
-        config, summary = self.config, self.summary
-        mnist, task = load_data(config, self.device)
-        runs = [SeedResults(seed) for seed in self.seeds]
-        bases, pretrained = self.pretrain(mnist)  # compared seeds' first, then the tuning seeds'
-        for result, outcome in zip(runs, pretrained):
-            result.methods["pretrained"] = outcome
-        if any(outcome.diverged for outcome in pretrained):
-            summary.update(runs)
-            summary.finish("pretraining diverged")
-            return
-        if config.finetune.task in TEACHER_TASKS:
-            task = self.teach(bases, mnist, task)
-        self.after_pretraining(runs, bases, task)
-        summary.update(runs)
 
-        rates = {variant.name: config.finetune.lr for variant in self.variants}
-        if config.experiment.lrs:
-            tuning = summary.data["tuning"] = self.tune_learning_rates(bases, task)
-            print("\n" + format_tuning(tuning))
-            if len(self.tuning_seeds) >= 2:  # a paired interval needs two
-                pairs = adapter_pairs({variant.name: SimpleNamespace(**variant.settings()) for variant in self.variants})
-                summary.data["rate_sensitivity"] = rate_sensitivity(tuning, pairs)
-                if summary.data["rate_sensitivity"]:
-                    print("\n" + format_rate_sensitivity(summary.data["rate_sensitivity"], len(self.tuning_seeds)))
-            for name, choice in tuning.items():  # for metrics.jsonl and TensorBoard; printed above
-                self.record({"kind": "tuning", "phase": name, "lr": choice["lr"],
-                             "validation_accuracy": choice["validation_accuracy"]})
-            rates = {name: choice["lr"] for name, choice in tuning.items()}
-        # with tuning, also every variant at the shared rate, as configured (unless turned off, or the
-        # grid chose that rate for every variant)
-        shared_too = (config.experiment.lrs and config.experiment.shared_lr
-                      and set(rates.values()) != {config.finetune.lr})
-        for variants in variant_groups(config):  # a method, at the ranks of one bucket
-            self.finetune(runs, bases, task, variants, rates, self.run_dir)
-            if shared_too:
-                self.at_shared_rate(runs, bases, task, variants, rates)
+def after_pretraining(cell: Cell, bases: dict[int, torch.nn.Module], data: CellData) -> None:
+    """Save the first seed's base; make the teacher task's labels; on a shifted task, score every
+    base on it before fine-tuning."""
+    config, first = cell.config, cell.runs[0].methods
+    first["pretrained"] = dataclasses.replace(first["pretrained"], files=save_pretrained(bases[cell.runs[0].seed],
+                                                                                         cell.folder))
+    if config.finetune.task in TEACHER_TASKS:
+        data.task = teach(cell, bases, data)
+    if config.finetune.task == "same":
+        return
+    for result in cell.runs:  # where fine-tuning starts: the base on the task's test set
+        result.methods["no_finetune"] = phases.score(bases[result.seed], NO_FINETUNE, data.task.test.of_seed(result.seed),
+                                                     phases.tagged(cell.record, seed=result.seed, member=True),
+                                                     lr=None, epochs=0, n_train=0).result
+    line = phases.member_line("no_finetune", [phases.test_record(result.methods["no_finetune"]) for result in cell.runs])
+    print(line)
+
+
+def teach(cell: Cell, bases: dict[int, torch.nn.Module], data: CellData) -> Splits:
+    """The teacher task's splits: each seed's images labelled by its base's teacher
+    (loradora/teachers.py); and, in the summary, how far each teacher is from the true labels."""
+    settings, seeds = cell.config.finetune, all_seeds(cell.config)
+    teachers = teachers_of([bases[seed] for seed in seeds], settings.task, settings.teacher_seed)
+    true = [evaluate(teacher, data.mnist.test).percent for teacher in teachers]
+    cell.summary.data["teacher"] = {"task": settings.task, "seed": settings.teacher_seed,
+                                    "test_accuracy_on_true_labels": true}
+    print(f"the teachers score {statistics.fmean(true):.2f}% [{min(true):.2f}, {max(true):.2f}] on the true "
+          f"test labels (mean [min, max] over seeds); no_finetune is each base scored against its teacher")
+    task = data.task
+    return Splits(*(None if split is None else taught(split, teachers, seeds)
+                    for split in (task.train, task.test, task.validation)))
+
+
+# ---- tune ----
+
+
+def tune(run: Run, data: dict[str, CellData]) -> None:
+    """With experiment.lrs, each cell's variants at every rate of the grid on the tuning seeds,
+    scored on the validation split, then past the grid's edge with extend_grid (plan.Plan.search);
+    per variant the rate with the best mean validation accuracy is its rate for every seed
+    (summary["tuning"]). The test set plays no part."""
+    cells = [cell for cell in run.cells if cell.config.experiment.lrs]
+    for cell in cells:
+        config, validation = cell.config, data[cell.name].task.validation
+        print(f"\n==== {cell.name + ': ' if cell.name else ''}choosing learning rates on {len(validation):,} "
+              f"validation images: {', '.join(f'{lr:g}' for lr in sorted(config.experiment.lrs))}, "
+              f"seeds {', '.join(map(str, tuning_seeds(config)))}")
+
+    def inputs(job: Job):
+        cell, task = run.cell(job.cell), data[job.cell].task
+        states = {seed: run.base_states[seed] for seed in dict.fromkeys(job.seeds)}
+        return cell.config, JobData(task.train, task.validation, states), Output(cell.record, tuning=True)
+
+    done: set[str] = set()
+    while planned := [job for cell in cells for job in run.plan.tuning_jobs(cell.name, run.progress)
+                      if job.key not in done]:
+        if done:
+            beyond = dict.fromkeys(f"{job.cell + ': ' if job.cell else ''}{m.variant.name} to {m.lr:g}"
+                                   for job in planned for m in job.members)
+            print(f"\n==== extending the grid past its edge: {', '.join(beyond)}")
+        for job, result in run.execute(planned, inputs):
+            done.add(job.key)
+            if job.key not in run.kept:
+                run.store.save(result)
+    for cell in cells:
+        choose_rates(run, cell, len(data[cell.name].task.validation))
+
+
+def choose_rates(run: Run, cell: Cell, n_validation: int) -> None:
+    """The cell's tuning table, and DoRA - LoRA at every rate, into its summary and on the console."""
+    config = cell.config
+    tuning = run.plan.tuning(cell.name, run.progress).table(config)
+    for choice in tuning.values():
+        choice["n_validation"] = n_validation
+    cell.summary.data["tuning"] = tuning
+    print("\n" + format_tuning(tuning))
+    if len(tuning_seeds(config)) >= 2:  # a paired interval needs two
+        pairs = adapter_pairs({variant.name: variant for variant in finetune_variants(config)})
+        sensitivity = cell.summary.data["rate_sensitivity"] = rate_sensitivity(tuning, pairs)
+        if sensitivity:
+            print("\n" + format_rate_sensitivity(sensitivity, len(tuning_seeds(config))))
+    for name, choice in tuning.items():  # for metrics.jsonl and TensorBoard; printed above
+        cell.record({"kind": "tuning", "phase": name, "lr": choice["lr"],
+                     "validation_accuracy": choice["validation_accuracy"]})
+
+
+# ---- fine-tune ----
+
+
+def finetune(run: Run, data: dict[str, CellData], bases: dict[int, torch.nn.Module]) -> None:
+    """Every cell's variants on its compared seeds, each at its rate (and at the shared rate beside
+    tuned ones), as populations; each result into its seed's results, the first seed's adapters
+    saved with their files checked (artifacts.save_method)."""
+
+    def inputs(job: Job):
+        cell, task = run.cell(job.cell), data[job.cell].task
+        states = {seed: run.base_states[seed] for seed in dict.fromkeys(job.seeds)}
+        return cell.config, JobData(task.train, task.test, states), Output(cell.record)
+
+    planned = [job for cell in run.cells for job in run.plan.finetuning(cell.name, run.progress)]
+    for job, result in run.execute(planned, inputs):
+        cell = run.cell(job.cell)
+        if job.key not in run.kept:
+            save_files(cell, job, result, bases, data[cell.name].task.test)
+            run.store.save(result)
+        seeds = compared_seeds(cell.config)
+        for member, outcome in zip(job.members, result.members):
+            name, seed = member.variant.name, member.seed
+            cell.runs[seeds.index(seed)].methods[name] = outcome.result
+            if outcome.decomposition is not None:
+                cell.runs[seeds.index(seed)].decomposition[name] = outcome.decomposition
+            if outcome.hits is not None:
+                cell.summary.hits.add(name, seed, outcome.hits)
+        cell.summary.update(cell.runs)
+
+
+def save_files(cell: Cell, job: Job, result: JobResult, bases: dict[int, torch.nn.Module], test: Split) -> None:
+    """The first compared seed's adapters of ``job`` (those whose weights it returned), saved in the
+    cell's folder and checked on the test set; their files and checks go into their results."""
+    for member, outcome in zip(job.members, result.members):
+        if outcome.state is None:
+            continue
+        model = prepare(bases[member.seed], member.variant.method, **member.variant.adapter)
+        model.load_state_dict(outcome.state)
+        files, checks = save_method(model, member.variant.name, cell.folder, test.of_seed(member.seed),
+                                    base=bases[member.seed])
+        outcome.result = dataclasses.replace(outcome.result, files=files, file_checks=checks)
+        outcome.state = None  # saved as files; the kept result need not hold it
+
+
+# ---- compare ----
+
+
+def compare(run: Run) -> None:
+    """Each cell's seeds aggregated: mean +- std per variant, DoRA - LoRA with its intervals and
+    verdict (experiment.aggregate); where a tuned rate is the shared one, its runs stand for the
+    shared-rate variant too. Which machines trained the jobs goes in too."""
+    for cell in run.cells:
+        config = cell.config
+        rates = run.plan.rates(cell.name, run.progress)
+        shared = config.finetune.lr
+        if config.experiment.lrs and config.experiment.shared_lr and set(rates.values()) != {shared}:
+            for variant in finetune_variants(config):
+                if rates[variant.name] == shared:
+                    cell.summary.hits.same_as(variant.at_shared_rate().name, variant.name)
+                    for result in cell.runs:
+                        result.methods[variant.at_shared_rate().name] = dataclasses.replace(
+                            result.methods[variant.name], rates="shared", files={}, file_checks=None)
         # the table's order: the variants as configured, each one's shared-rate runs beside it
-        order = [name for variant in self.variants for name in (variant.name, variant.at_shared_rate().name)]
-        for result in runs:
+        order = [name for variant in finetune_variants(config) for name in (variant.name, variant.at_shared_rate().name)]
+        for result in cell.runs:
             result.methods = dict(sorted(result.methods.items(),
                                          key=lambda item: order.index(item[0]) if item[0] in order else -1))
-        summary.update(runs)
-        summary.finish("complete")
-
-    def at_shared_rate(self, runs: list[SeedResults], bases: list, task: Splits, variants: list[Variant],
-                       rates: dict[str, float]) -> None:
-        """``variants`` at the shared ``finetune.lr`` as "<variant>@shared", for every seed: trained
-        where the grid chose another rate, the tuned runs themselves where it chose that one."""
-        shared = self.config.finetune.lr
-        again = [variant.at_shared_rate() for variant in variants if rates[variant.name] != shared]
-        if again:
-            self.finetune(runs, bases, task, again, {variant.name: shared for variant in again}, None)
-        for variant in variants:
-            if rates[variant.name] == shared:
-                self.summary.hits.same_as(variant.at_shared_rate().name, variant.name)
-                for result in runs:
-                    tuned = result.methods[variant.name]
-                    result.methods[variant.at_shared_rate().name] = dataclasses.replace(
-                        tuned, rates="shared", files={}, file_checks=None)
-
-    def finetune(self, runs: list[SeedResults], bases: list, task: Splits, variants: list[Variant],
-                             rates: dict[str, float], run_dir: Path | None) -> None:
-        """Fine-tune ``variants`` for every seed, each at its rate, as populations; results into ``runs``."""
-        config, launcher = self.config, self.launcher
-        seeds = [result.seed for result in runs]
-        members = [(i, variant) for variant in variants for i in range(len(runs))]
-        every = config.analysis.every_n_batches
-        submitted = []
-        for chunk in population_chunks(members, config.experiment.population, self.device):
-            tuned = [phases.start_variant(bases[i], variant, seeds[i], track=bool(every)) for i, variant in chunk]
-            job = phases.population_job([t.model for t in tuned], config.finetune, task.train,
-                                        [seeds[i] for i, _ in chunk], config.log.every_n_batches, config.precision,
-                                        [t.tracker for t in tuned], every,
-                                        lrs=[rates[variant.name] for _, variant in chunk], steps=config.finetune.steps)
-            submitted.append((chunk, tuned, launcher.submit(job)))
-        for chunk, tuned, pending in submitted:
-            outcomes = phases.fit(launcher, pending, [variant for _, variant in chunk], task.test,
-                                             self.record)
-            for (i, variant), member, outcome in zip(chunk, tuned, outcomes):
-                finish_variant(runs[i], variant, member, outcome.result, task.test.of_seed(seeds[i]), bases[0],
-                               run_dir if i == 0 else None)
-                if outcome.hits is not None:
-                    self.summary.hits.add(variant.name, seeds[i], outcome.hits)
-            self.summary.update(runs)
-
-    def tune_learning_rates(self, bases: list, task: Splits) -> dict:
-        """Each variant at every rate of ``experiment.lrs`` on the tuning seeds, scored on the
-        validation split; per variant the rate with the best mean validation accuracy (ties: the
-        smaller rate). A rate at which any tuning seed diverged is not chosen. With
-        ``experiment.extend_grid``, a variant whose best rate is at its grid's edge also trains one
-        rate past that edge (``extended_rate``), up to ``EXTEND_STEPS`` times, until its best rate is
-        inside. The test set plays no part."""
-        config = self.config
-        grid = sorted(config.experiment.lrs)
-        print(f"\n==== choosing learning rates on {len(task.validation):,} validation images: "
-              f"{', '.join(f'{lr:g}' for lr in grid)}, seeds {', '.join(map(str, self.tuning_seeds))}")
-        grids = {variant.name: list(grid) for variant in self.variants}
-        accuracies = self.validation_accuracies(grids, bases, task)  # (name, rate) -> per tuning seed
-
-        def means(name: str) -> dict[float, float | None]:
-            return mean_accuracies({lr: accuracies[name, lr] for lr in grids[name]})
-
-        for _ in range(EXTEND_STEPS if config.experiment.extend_grid else 0):
-            beyond = {}
-            for name, rates in grids.items():
-                edge = grid_edge(rates, choose_rate(means(name)))
-                if edge:
-                    beyond[name] = [extended_rate(rates, edge)]
-            if not beyond:
-                break
-            print(f"\n==== extending the grid past its edge: "
-                  f"{', '.join(f'{name} to {rates[0]:g}' for name, rates in beyond.items())}")
-            accuracies |= self.validation_accuracies(beyond, bases, task)
-            for name, rates in beyond.items():
-                grids[name] = sorted(grids[name] + rates)
-        tuning = {}
-        for name, rates in grids.items():
-            mean = means(name)
-            chosen = choose_rate(mean)
-            tuning[name] = {"lr": chosen, "grid": rates, "edge": grid_edge(rates, chosen),
-                            "extended": [lr for lr in rates if lr not in grid],
-                            "validation_accuracy": {f"{lr:g}": mean[lr] for lr in rates},
-                            "validation_accuracies": {f"{lr:g}": accuracies[name, lr] for lr in rates},
-                            "seeds": self.tuning_seeds, "n_validation": len(task.validation),
-                            "compared_too": sorted(set(self.tuning_seeds) & set(self.seeds))}
-        return tuning
-
-    def validation_accuracies(self, grids: dict[str, list[float]], bases: list,
-                              task: Splits) -> dict[tuple[str, float], list[float | None]]:
-        """Each variant named in ``grids`` trained at each of its rates on every tuning seed, as
-        populations all submitted at once: (name, rate) -> validation accuracy per tuning seed,
-        None where that seed diverged."""
-        config, launcher, seeds = self.config, self.launcher, self.all_seeds
-        submitted = []
-        for variants in variant_groups(config):
-            members = [(variant, lr, seeds.index(seed)) for variant in variants if variant.name in grids
-                       for lr in grids[variant.name] for seed in self.tuning_seeds]
-            for chunk in population_chunks(members, config.experiment.population, self.device):
-                models = [phases.start_variant(bases[i], variant, seeds[i], track=False).model
-                          for variant, _, i in chunk]
-                job = phases.population_job(models, config.finetune, task.train, [seeds[i] for *_, i in chunk],
-                                            config.log.every_n_batches, config.precision,
-                                            lrs=[lr for _, lr, _ in chunk], steps=config.finetune.steps)
-                submitted.append((chunk, launcher.submit(job)))
-        accuracies = {}
-        for chunk, pending in submitted:
-            names = [f"{variant.name}@lr={lr:g}" for variant, lr, _ in chunk]
-            trained = phases.collect(launcher, pending, names, phases.tagged(self.record, tuning=True))
-            for (variant, lr, i), model, member in zip(chunk, pending.job.models, trained):
-                accuracy = None if member.diverged else evaluate(model, task.validation.of_seed(seeds[i])).percent
-                accuracies.setdefault((variant.name, lr), []).append(accuracy)
-        return accuracies
-
-    def pretrain(self, mnist: Splits) -> tuple[list[torch.nn.Module], list[MethodResult]]:
-        """Every seed's base, pretrained as populations or reused from the cache, and its result. A
-        population's members are cached under a key naming the whole population, since a member's
-        float32 bits depend on which models share its matmuls: one damaged member retrains them all."""
-        config, seeds, cache = self.config, self.all_seeds, self.cache
-        bases = [initial_base(config.model.hidden_sizes, seed, self.device) for seed in seeds]
-        submitted = []  # per population: its cache paths, and its training or its cached bases
-        for chunk in population_chunks(list(range(len(seeds))), config.experiment.population, self.device):
-            chunk_seeds = [seeds[i] for i in chunk]
-            paths = [cache.path(seed, chunk_seeds) for seed in chunk_seeds] if cache is not None else []
-            cached = [cache.read(path, bases[i]) for i, path in zip(chunk, paths)]
-            if paths and None not in cached:
-                submitted.append((chunk, paths, cached))
-                continue
-            job = phases.population_job([bases[i] for i in chunk], config.pretrain, mnist.train, chunk_seeds,
-                                        config.log.every_n_batches, config.precision)
-            submitted.append((chunk, paths, self.launcher.submit(job)))
-        results = [None] * len(seeds)
-        for chunk, paths, pending in submitted:
-            if isinstance(pending, list):
-                for i, path, cached in zip(chunk, paths, pending):
-                    results[i] = self.reuse_pretrained(bases[i], cached, path, mnist,
-                                                       phases.tagged(self.record, seed=seeds[i]))
-                continue
-            kept = phases.Kept(self.record)  # each member's records, cached with its weights
-            outcomes = phases.fit(self.launcher, pending, [PRETRAINED] * len(chunk), mnist.test, kept)
-            for i, outcome, path in zip(chunk, [scored.result for scored in outcomes], paths or [None] * len(chunk)):
-                results[i] = outcome
-                if path is not None and not outcome.diverged:
-                    cache.save(path, bases[i], [metrics for metrics in kept.records if metrics["seed"] == seeds[i]])
-        return bases, results
-
-    # ---- what both paths share ----
-
-    def reuse_pretrained(self, model, cached: Cached, path: Path, mnist: Splits, record) -> MethodResult:
-        """Load the ``cached`` base (read from ``path``) into ``model``, replay its training records,
-        and test it."""
-        print(f"\n== pretrained: reusing pretrained base from {path} (same data, model, pretrain settings, seed)")
-        records = cached.load_into(model)
-        for metrics in records:
-            record({**metrics, "cached": True})  # its curve, for the plots; show() leaves them unprinted
-        settings = self.config.pretrain
-        return phases.score(model, PRETRAINED, mnist.test, record, lr=settings.lr, epochs=settings.epochs,
-                            n_train=len(mnist.train), epoch_records=[r for r in records if r["kind"] == "epoch"],
-                            cached=True).result
-
-    def teach(self, bases: list, mnist: Splits, task: Splits) -> Splits:
-        """The teacher task's splits: each seed's images labelled by its base's teacher
-        (loradora/teachers.py); and, in the summary, how far each teacher is from the true labels."""
-        settings = self.config.finetune
-        teachers = teachers_of(bases, settings.task, settings.teacher_seed)
-        true = [evaluate(teacher, mnist.test).percent for teacher in teachers]
-        self.summary.data["teacher"] = {"task": settings.task, "seed": settings.teacher_seed,
-                                        "test_accuracy_on_true_labels": true}
-        print(f"the teachers score {statistics.fmean(true):.2f}% [{min(true):.2f}, {max(true):.2f}] on the true "
-              f"test labels (mean [min, max] over seeds); no_finetune is each base scored against its teacher")
-        seeds = list(self.all_seeds)
-        return Splits(*(None if split is None else taught(split, teachers, seeds)
-                        for split in (task.train, task.test, task.validation)))
-
-    def after_pretraining(self, runs: list[SeedResults], bases: list, task: Splits) -> None:
-        """Save the first seed's base; on a shifted task, score every base on it before fine-tuning."""
-        if self.run_dir is not None:
-            first = runs[0].methods
-            first["pretrained"] = dataclasses.replace(first["pretrained"], files=save_pretrained(bases[0], self.run_dir))
-        if self.config.finetune.task == "same":
-            return
-        for result, model in zip(runs, bases):  # where fine-tuning starts: the base on the task's test set
-            result.methods["no_finetune"] = phases.score(model, NO_FINETUNE, task.test.of_seed(result.seed),
-                                                         phases.tagged(self.record, seed=result.seed, member=True),
-                                                         lr=None, epochs=0, n_train=0).result
-        phases.show_members("no_finetune", [phases.test_record(result.methods["no_finetune"]) for result in runs])
+        cell.summary.data["jobs"] = jobs_record(run, cell)
+        cell.summary.update(cell.runs)
+        cell.summary.finish("complete")
 
 
-def finish_variant(result: SeedResults, variant: Variant, tuned: phases.Tuned, outcome: MethodResult,
-                   test_data: Split, base: torch.nn.Module, run_dir: Path | None) -> None:
-    """Check a fine-tuned variant and add it to its seed's ``result``; with ``run_dir``, save it."""
-    phases.assert_unchanged(tuned.model, tuned.frozen, variant.name)
-    if not outcome.diverged and tuned.tracker is not None:
-        result.decomposition[variant.name] = decomposition_result(tuned.tracker)
-    if not outcome.diverged and run_dir is not None and variant.method in ADAPTERS:
-        files, checks = save_method(tuned.model, variant.name, run_dir, test_data, base=base)
-        outcome = dataclasses.replace(outcome, files=files, file_checks=checks)
-    result.methods[variant.name] = outcome
+def jobs_record(run: Run, cell: Cell) -> dict:
+    """How many of the cell's jobs this process trained and how many it kept from before, and the
+    machines they ran on (float32 results differ in their last bits from one CPU to the next)."""
+    planned = [job for job in run.plan.pretraining() + run.plan.tuning_jobs(cell.name, run.progress)
+               + run.plan.finetuning(cell.name, run.progress)]
+    machines = {}
+    for job in planned:
+        ran_on = run.results[job.key].ran_on
+        entry = machines.setdefault(tuple(sorted(ran_on.items())), {**ran_on, "jobs": 0})
+        entry["jobs"] += 1
+    kept = sum(job.key in run.kept for job in planned)
+    return {"total": len(planned), "kept": kept, "trained": len(planned) - kept, "ran_on": list(machines.values())}
 
 
-# ---- the run as the command line starts it ----
+# ---- report ----
 
 
-def execute(config: Config) -> int:
-    """Run the experiment ``config`` describes, in a new run folder; the exit code
-    (dora_example.EXIT_CODES). Stop signals end it cleanly (loradora/stops.py)."""
-    # The imports leave some 230,000 objects that live until exit; frozen, no collection scans
-    # them again, and the interpreter's exit is 0.4 s shorter (BENCHMARKS.md, start-up).
-    gc.freeze()
-    try:
-        device = resolve_device(config.device)
-        if config.log.tensorboard:
-            require_tensorboard()  # a missing package stops the run before its folder is made
-        # so do a missing ray package and a cluster that cannot be joined
-        launcher = make_launcher(config.experiment.launcher, config.ray.address, device)
-    except (ConfigError, TensorBoardUnavailable, LauncherUnavailable) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    with stop_on_signals() as received:  # after the launcher: ray.init sets a SIGTERM handler of its own
-        try:
-            return in_run_folder(config, device, launcher, received)
-        finally:
-            launcher.close()  # a Ray runtime started for the run goes, with its workers
-
-
-def in_run_folder(config: Config, device: torch.device, launcher, received: Received) -> int:
-    """The run from its folder on: make it, run the experiment, report; ``execute``'s exit code."""
-    try:
-        run_dir = create_run_dir(config.output.dir, config.output.run_name)
-    except OutputUnavailable as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    resolved = to_yaml(config)
-    print(resolved)
-    if config.deterministic:
-        use_deterministic_algorithms()
-    summary = Summary(config, device, run_dir / "summary.json")
-    sinks = [phases.show, MetricsLog(run_dir / "metrics.jsonl")]  # each gets every metrics record
-    board = TensorBoardLog(run_dir / "tensorboard") if config.log.tensorboard else None
-    if board is not None:
-        sinks.append(board)
-
-    def record(metrics: dict) -> None:
-        for sink in sinks:
-            sink(metrics)
-
-    try:
-        write_atomic(run_dir / "config.yaml", resolved)
-        Experiment(config, device, summary, record, run_dir, launcher).run()
-        report(summary, run_dir)
-    except DataUnavailable as error:  # raised while loading MNIST, before anything is trained
-        if board is not None:
-            board.close()
-        shutil.rmtree(run_dir)  # so an empty run folder is not left behind to be mistaken for a result
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt as error:
-        stop = received.stop(error)
-        print(f"\ninterrupted by {stop.name}: {summary.close('interrupted')}", file=sys.stderr)
-        return stop.exit_code
-    except WriteFailed as error:
-        print(f"error: {error}; {summary.close('write failed')}", file=sys.stderr)
-        return 1
-    finally:
-        if board is not None:
-            board.close()
-    return 0 if summary.data["status"] == "complete" else 1
-
-
-def report(summary: Summary, run_dir: Path) -> None:
-    """The tables, the saved files' checks and the plots of a run that has ended."""
-    print("\n" + format_report(summary.data))
-    if artifacts := format_artifacts(summary.data["runs"][0].methods):  # the files are the first seed's
-        print("\n" + artifacts)
-    for plot in write_plots(run_dir):
-        print(f"plot: {plot}")
-    print(f"\nresults: {run_dir}/")
+def report(run: Run) -> None:
+    """Each cell's tables, its saved files' checks and its plots; a map's table over them all; and
+    how many jobs this process trained."""
+    for cell in run.cells:
+        summary = cell.summary.data
+        print(("\n" if not cell.name else f"\n######## map cell {cell.name} ########\n") + format_report(summary))
+        if artifacts := format_artifacts(summary["runs"][0].methods):  # the files are the first seed's
+            print("\n" + artifacts)
+        for plot in write_plots(cell.folder):
+            print(f"plot: {plot}")
+    if run.config.map.rotate_degrees is not None:
+        regime_map.write_map(run.folder, run.config, [cell.name for cell in run.cells],
+                             time.perf_counter() - run.started)
+    print(f"\njobs: {run.trained} trained now, {len(run.kept)} kept from before (in {run.store.folder})")
+    print(f"\nresults: {run.folder}/")

@@ -46,48 +46,6 @@ NORMS = ("direct", "expanded")
 # N = 20 (0.291 s against 0.451 s), where writing and re-reading N (in, out) matrices every step is
 # memory traffic the batched matmuls do not have. DoRA then costs 1.27x LoRA per member.
 DEFAULT_NORM = "expanded"
-# experiment.population: auto trains at most this many models at once. On the 2-core CPU the per-model
-# speed-up stops growing between 20 and 50 members (measured: LoRA 4.35x at 20, 4.45x at 32, 4.43x
-# at 50; pretraining 2.53x, 2.61x, 2.54x). The GPU figure is a guess, not measured: a GPU runs one
-# such MLP far below its capacity, bound by kernel launches, and keeps gaining into the hundreds.
-AUTO_LIMIT = {"cpu": 32, "cuda": 1024}
-# A rank bucket pads every member to its largest rank; ranks join a bucket while the padded work
-# stays within this factor of the unpadded work.
-PADDING_TOLERANCE = 1.25
-
-
-def population_chunks(items: Sequence, setting: int | str, device: torch.device) -> list[list]:
-    """``items`` (a phase's members) split into populations of at most ``setting`` members (``auto``:
-    ``AUTO_LIMIT`` for the device), as evenly as that allows: 40 at a limit of 32 gives 20 + 20."""
-    if not items:
-        return []
-    limit = AUTO_LIMIT[device.type] if setting == "auto" else setting
-    n_chunks = math.ceil(len(items) / limit)
-    size = math.ceil(len(items) / n_chunks)
-    return [list(items[i:i + size]) for i in range(0, len(items), size)]
-
-
-def rank_buckets(ranks: Sequence[int], layer_sizes: Sequence[int]) -> list[list[int]]:
-    """Ranks grouped so that padding each to its bucket's largest costs at most ``PADDING_TOLERANCE``.
-
-    The cost of a member of rank r, per example, is that of its layers: in*out for the base matmul
-    plus r*(in + out) for the adapter. 1, 2, 4, 8, 16, 32, 64 on the 784-128-256-10 MLP gives
-    [1, 2, 4, 8, 16, 32] and [64].
-    """
-    pairs = list(zip(layer_sizes[:-1], layer_sizes[1:]))
-    base, per_rank = sum(i * o for i, o in pairs), sum(i + o for i, o in pairs)
-    buckets: list[list[int]] = []
-    for rank in sorted(ranks):
-        bucket = buckets[-1] if buckets else []
-        padded = (len(bucket) + 1) * (base + rank * per_rank)
-        unpadded = sum(base + r * per_rank for r in [*bucket, rank])
-        if bucket and padded <= PADDING_TOLERANCE * unpadded:
-            bucket.append(rank)
-        else:
-            buckets.append([rank])
-    return buckets
-
-
 class StackedLinear(nn.Module):
     """N ``nn.Linear`` layers: y[n] = x[n] @ W[n]^T + b[n], weights stored as (N, in, out)."""
 

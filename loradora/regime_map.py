@@ -1,11 +1,12 @@
 """A map of regimes (configs/map.yaml, issue 19): where DoRA helps, ties or loses against LoRA.
 
 A map is one run per cell, an angle of rotation (``map.rotate_degrees``) by a fine-tuning set size
-(``map.train_subsets``), each an ordinary run (pipeline.execute) in a folder of its own under the
-map's: every method's rate tuned on validation, on the tuning seeds, then DoRA - LoRA at every rank
-over the compared seeds. Pretraining is the same in every cell (``finetune`` keys are not in the
-base's inputs), so every cell of a seed adapts the same base: from the cache, or trained again to
-the same bits; ``same_bases`` in map.json checks it on the bases' test scores.
+(``map.train_subsets``), each an ordinary run in a folder of its own under the map's: every
+method's rate tuned on validation, on the tuning seeds, then DoRA - LoRA at every rank over the
+compared seeds. The cells are one plan (loradora/plan.py, loradora/pipeline.py): their pretraining,
+the same in every cell (``finetune`` keys are not in the base's inputs), is one set of jobs, so
+every cell of a seed adapts the same base, and their other jobs are ready side by side, for Ray
+to spread; ``same_bases`` in map.json checks it on the bases' test scores.
 
 Afterwards every (cell, rank) question is answered once more, over seeds and new test images
 (stats.two_way_difference, from each cell's test_correct.pt), at two levels: raw (95% each) and
@@ -15,18 +16,15 @@ and map.png (the heatmap).
 """
 
 import dataclasses
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from loradora import pipeline
-from loradora.config import Config, MapConfig, resolve_device, to_dict, to_yaml, validate
+from loradora.config import Config, MapConfig, resolve_device, to_dict, validate
 from loradora.experiment import adapter_pairs
 from loradora.files import write_atomic, write_json
-from loradora.per_image import ImageHits
+from loradora.per_image import HITS_FILE, ImageHits
 from loradora.plots import draw_map, load_summary, save_figure
-from loradora.run_folder import OutputUnavailable, create_run_dir, environment
+from loradora.run_folder import environment
 from loradora.stats import two_way_difference
 
 
@@ -73,28 +71,12 @@ def cells(settings: MapConfig) -> list[Cell]:
     return [Cell(angle, size) for angle in settings.rotate_degrees for size in settings.train_subsets]
 
 
-def execute(config: Config) -> int:
-    """Every cell's run, then the map over them; the first cell that does not finish ends the map
-    (its exit code is the map's), keeping what the finished cells answered."""
-    try:
-        folder = create_run_dir(config.output.dir, config.output.run_name)
-    except OutputUnavailable as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    write_atomic(folder / "config.yaml", to_yaml(config))
-    start, todo, done = time.perf_counter(), cells(config.map), []
-    code = 0
-    for i, cell in enumerate(todo, 1):
-        print(f"\n######## map cell {i} of {len(todo)}: {cell.name} ########")
-        code = pipeline.execute(cell.config(config, folder))
-        if code != 0:
-            break
-        done.append(cell)
-    wall = time.perf_counter() - start
-    summaries = {cell: load_summary(folder / cell.name) for cell in done}
+def write_map(folder: Path, config: Config, names: list[str], wall: float) -> None:
+    """The map over its finished cells (each a run in ``folder``/<name>): map.json, map.md and
+    map.png in ``folder``, and its table on the console."""
+    summaries = {cell: load_summary(folder / cell.name) for cell in cells(config.map) if cell.name in names}
     answers = answer(folder, summaries, config.experiment.margin)
-    report = {"status": "complete" if code == 0 else f"stopped at cell {len(done) + 1} (exit code {code})",
-              "cells": [cell.name for cell in done], "wall_seconds": wall,
+    report = {"status": "complete", "cells": names, "wall_seconds": wall,
               "environment": environment(resolve_device(config.device)),
               "same_bases": same_bases(summaries.values()), "family": len(answers),
               "adjustment": f"Bonferroni over {len(answers)} comparisons (cells x ranks)",
@@ -105,7 +87,6 @@ def execute(config: Config) -> int:
     if answers:
         save_figure(draw_map(answers, config.experiment.margin), folder / "map.png")
     print("\n" + table + f"\n\nmap: {folder}/ ({wall / 60:.1f} min)")
-    return code
 
 
 def answer(folder: Path, summaries: dict[Cell, dict], margin: float) -> list[Answer]:
@@ -113,7 +94,7 @@ def answer(folder: Path, summaries: dict[Cell, dict], margin: float) -> list[Ans
     intervals adjusted for all of them at once."""
     questions = []  # (cell, summary, hits, dora, lora)
     for cell, summary in summaries.items():
-        hits = ImageHits.load(folder / cell.name / pipeline.HITS_FILE)
+        hits = ImageHits.load(folder / cell.name / HITS_FILE)
         questions += [(cell, summary, hits, dora, lora) for dora, lora in adapter_pairs(summary["methods"])
                       if summary["methods"][dora].rates == "tuned"]
     answers = []

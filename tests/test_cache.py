@@ -16,7 +16,8 @@ from loradora.cache import CacheDamaged, cache_dir, pretrain_key, read_cached, s
 from loradora.config import load_config
 from loradora.data import Split
 from loradora.model import MLP
-from loradora.pipeline import Experiment, Splits, Summary
+from loradora.jobs import JobData, Output, run_job
+from loradora.plan import Plan, Stamp
 
 CPU = torch.device("cpu")
 BASE_KEY = pretrain_key(load_config(), 1, CPU)
@@ -137,8 +138,11 @@ def test_an_edit_to_the_code_that_pretrains_misses(tmp_path, monkeypatch):
 # Modules whose code runs while a base is pretrained but cannot change its weights, and why.
 NOT_SHAPING = {
     "pipeline.py": "orchestration: which phases run, in which order, with settings that are in the key",
+    "plan.py": "the job's members, whose seeds and population are in the key",
+    "variants.py": "the phase's name, and the settings its result records",
     "experiment.py": "the phase's name, and the settings its result records",
     "adapters.py": "counts the trainable parameters for the result record",
+    "run_folder.py": "names the machine a job ran on, for its result's record",
 }
 
 
@@ -152,19 +156,19 @@ def test_the_sources_are_the_code_that_pretrains():
 
     generator = torch.Generator().manual_seed(0)
     split = lambda n: Split(torch.rand(n, 784, generator=generator), torch.randint(0, 10, (n,), generator=generator))  # noqa: E731
-    mnist = Splits(split(256), split(64), None)
+    mnist = JobData(split(256), split(64))
     for seeds in ("[1]", "[1, 2]"):  # one model, and a population
         config = load_config(None, ["pretrain.epochs=1", "cache.enabled=false", f"experiment.seeds={seeds}"])
-        experiment = Experiment(config, CPU, Summary(config, CPU))
+        job, = Plan({"": config}, Stamp("code", torch.__version__, "cpu")).pretraining()
         sys.setprofile(note)
         try:
-            experiment.pretrain(mnist)
+            run_job(job, config, mnist, Output(lambda metrics: None, lambda line: None))
         finally:
             sys.setprofile(None)
     package = {path.name for path in ran if path.parent == cache.PACKAGE}
     sources = {path.name for path in cache.SOURCES}
     assert package - sources - NOT_SHAPING.keys() == set()  # a module that shapes the weights is missing
-    assert {"model.py", "training.py", "population.py", "phases.py"} <= package & sources
+    assert {"model.py", "training.py", "population.py", "phases.py", "jobs.py"} <= package & sources
     assert all(path.is_file() for path in cache.SOURCES) and "dora_example.py" not in sources
 
 

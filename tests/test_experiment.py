@@ -10,7 +10,8 @@ import pytest
 
 from conftest import REPO, smoke, summary_of
 from loradora.config import ConfigError, load_config
-from loradora.experiment import adapter_pairs, aggregate, finetune_variants
+from loradora.experiment import adapter_pairs, aggregate
+from loradora.variants import finetune_variants
 from loradora.results import SeedResults
 from helpers import method_result, seed_results
 

@@ -17,8 +17,8 @@ from loradora.methods import prepare
 from loradora.model import MLP
 from loradora.cache import pretrain_key
 from loradora.config import load_config
-from loradora.population import (DEFAULT_NORM, Population, PopulationStep, SharedInput, StackedDoRA,
-                                 population_chunks, rank_buckets, train_population)
+from loradora.population import DEFAULT_NORM, Population, PopulationStep, SharedInput, StackedDoRA, train_population
+from loradora.variants import population_chunks, rank_buckets
 from loradora.training import train_members
 
 SEEDS = (1, 2, 3)
@@ -246,10 +246,9 @@ def test_a_population_base_is_cached_under_its_population(tmp_path, mnist_root, 
 def test_buckets_and_chunks():
     assert rank_buckets([64, 1, 2, 4, 8, 16, 32], [784, 128, 256, 10]) == [[1, 2, 4, 8, 16, 32], [64]]
     assert rank_buckets([4], [784, 128, 256, 10]) == [[4]]
-    cpu = torch.device("cpu")
-    assert [len(c) for c in population_chunks(list(range(40)), "auto", cpu)] == [20, 20]
-    assert [len(c) for c in population_chunks(list(range(5)), 2, cpu)] == [2, 2, 1]
-    assert population_chunks([1, 2, 3], "auto", cpu) == [[1, 2, 3]]
+    assert [len(c) for c in population_chunks(list(range(40)), "auto", "cpu")] == [20, 20]
+    assert [len(c) for c in population_chunks(list(range(5)), 2, "cpu")] == [2, 2, 1]
+    assert population_chunks([1, 2, 3], "auto", "cpu") == [[1, 2, 3]]
 
 
 def test_a_rate_per_member_trains_each_as_adam_at_its_rate_alone():

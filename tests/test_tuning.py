@@ -8,7 +8,8 @@ from conftest import smoke, summary_of
 from loradora import data
 from loradora.config import ConfigError, load_config
 from loradora.data import Split, hold_out
-from loradora.experiment import aggregate, choose_rate, extended_rate, grid_edge, rate_sensitivity
+from loradora.experiment import aggregate, rate_sensitivity
+from loradora.plan import choose_rate, extended_rate, grid_edge
 from loradora.stats import paired_difference, seeds_needed, t_quantile, t_quantile_975, verdict
 from helpers import method_result, seed_results
 

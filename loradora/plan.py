@@ -1,0 +1,287 @@
+"""The experiment as a plan of jobs: from the config and the results so far, the populations that
+must still train. Pure: no torch, no files, no clock; the same config and results give the same jobs.
+
+A *job* is one population (loradora/population.py; one model alone is a population of one) of one
+stage:
+
+    pretrain   every seed's base, trained on MNIST (shared by every cell of a map)
+    tune       a variant at each rate of experiment.lrs on the tuning seeds, scored on validation;
+               with experiment.extend_grid, then a rate past the grid's edge where the best one is there
+    finetune   every variant at its chosen rate (and at the shared finetune.lr) on the compared seeds
+
+Each job has a *key*, built as the pretrained-base cache builds its own (loradora/cache.py): a hash
+of the job's members and the settings that shape them, the digest of the code that trains them and
+the torch version (``Stamp``). A run keeps each job's result under its key (loradora/jobs.py), so a
+stopped run resumes with the jobs that have none (``Plan.ready``), and a map's cells, each a run
+config of its own, share one plan: their pretraining is one set of jobs, and their other jobs are
+ready side by side, for Ray to spread.
+
+Which rates fine-tuning uses depends on the tuning jobs' validation accuracies, the only results
+the plan reads (``Progress``).
+"""
+
+import hashlib
+import json
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from loradora.config import Config, to_dict
+from loradora.variants import PRETRAINED, Variant, finetune_variants, population_chunks, variant_groups
+
+STAGES = ("pretrain", "tune", "finetune")
+EXTEND_STEPS = 3  # experiment.extend_grid: at most this many rates past an edge (issue 19)
+
+# key -> the validation accuracy of each member (a tune job; None where it diverged), or () for the
+# other stages: the jobs that have a result
+Progress = Mapping[str, Sequence[float | None]]
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What, besides the config, decides a job's bits, and so is in its key."""
+    code: str         # the digest of the sources that train and score (jobs.SOURCES)
+    torch: str        # torch.__version__
+    device_type: str  # "cpu" or "cuda": how many members a population takes (experiment.population: auto)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model of a job: a variant (PRETRAINED for a base) of one seed, at one learning rate."""
+    variant: Variant
+    seed: int
+    lr: float
+
+
+@dataclass(frozen=True)
+class Job:
+    stage: str                  # one of STAGES
+    cell: str | None            # the run (a map's cell: its name; a plain run: "") it serves; None: every cell
+    members: tuple[Member, ...]
+    key: str
+
+    @property
+    def seeds(self) -> list[int]:
+        return [member.seed for member in self.members]
+
+    @property
+    def names(self) -> list[str]:
+        """Each member's phase: its variant's name, with its rate when it is tuned."""
+        if self.stage == "tune":
+            return [f"{member.variant.name}@lr={member.lr:g}" for member in self.members]
+        return [member.variant.name for member in self.members]
+
+
+def compared_seeds(config: Config) -> list[int]:
+    """The seeds whose test accuracies are compared: runs[i] is seed i of these."""
+    return config.experiment.seeds or [config.seed]
+
+
+def tuning_seeds(config: Config) -> list[int]:
+    """The seeds that choose the rates: apart from the compared ones unless configured otherwise."""
+    return config.experiment.tuning_seeds or compared_seeds(config)
+
+
+def all_seeds(config: Config) -> list[int]:
+    """Every seed with a base: the compared ones first, then those that only tune."""
+    compared = compared_seeds(config)
+    return compared + [seed for seed in tuning_seeds(config) if seed not in compared]
+
+
+# Keys that decide nothing a job computes: where results go, how the run is spread, and the verdicts.
+NOT_IN_KEY = {"output", "map", "ray", "cache", ("experiment", "launcher"), ("experiment", "margin"),
+              ("log", "tensorboard")}
+
+
+def job_settings(config: Config, stage: str) -> dict:
+    """The settings that shape a ``stage`` job's results. Pretraining reads none of finetune's keys,
+    so every cell of a map, and a fine-tuning change, share their bases' jobs."""
+    settings = to_dict(config)
+    for key in NOT_IN_KEY:
+        if isinstance(key, tuple):
+            settings[key[0]].pop(key[1])
+        else:
+            settings.pop(key)
+    if stage == "pretrain":
+        for key in ("finetune", "lora", "dora", "analysis", "experiment", "seed"):
+            settings.pop(key)
+    return settings
+
+
+def job_key(stage: str, members: Sequence[Member], settings: dict, stamp: Stamp) -> str:
+    inputs = {"stage": stage, "settings": settings, "code": stamp.code, "torch": stamp.torch,
+              "members": [{"method": m.variant.method, "label": m.variant.label, "adapter": m.variant.adapter,
+                           "rates": m.variant.rates, "seed": m.seed, "lr": m.lr} for m in members]}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """A cell's learning-rate search once every job it needs has a result: per variant, the grid
+    it was tried on, each rate's validation accuracy per tuning seed, and the rate chosen."""
+    grids: dict[str, list[float]]                               # variant name -> its rates, sorted
+    accuracies: dict[tuple[str, float], list[float | None]]     # (name, rate) -> per tuning seed
+    base_grid: list[float]                                      # experiment.lrs, sorted
+
+    def mean(self, name: str) -> dict[float, float | None]:
+        return mean_accuracies({lr: self.accuracies[name, lr] for lr in self.grids[name]})
+
+    def chosen(self, name: str) -> float:
+        return choose_rate(self.mean(name))
+
+    def table(self, config: Config) -> dict:
+        """summary["tuning"]: per variant its choice and the evidence for it."""
+        tuning, seeds = {}, tuning_seeds(config)
+        for name, rates in self.grids.items():
+            mean, chosen = self.mean(name), self.chosen(name)
+            tuning[name] = {"lr": chosen, "grid": rates, "edge": grid_edge(rates, chosen),
+                            "extended": [lr for lr in rates if lr not in self.base_grid],
+                            "validation_accuracy": {f"{lr:g}": mean[lr] for lr in rates},
+                            "validation_accuracies": {f"{lr:g}": self.accuracies[name, lr] for lr in rates},
+                            "seeds": seeds, "compared_too": sorted(set(seeds) & set(compared_seeds(config)))}
+        return tuning
+
+
+class Plan:
+    """Every job of one run, or of every cell of a map (``cells``: name -> that cell's config)."""
+
+    def __init__(self, cells: dict[str, Config], stamp: Stamp):
+        self.cells, self.stamp = cells, stamp
+
+    def ready(self, progress: Progress) -> list[Job]:
+        """The jobs that can train now and have no result: the bases first, since everything else
+        starts from them; then, cell by cell, its tuning jobs known so far, or, once its tuning has
+        ended, its fine-tuning jobs. Empty when the plan is done."""
+        missing = [job for job in self.pretraining() if job.key not in progress]
+        if missing:
+            return missing
+        return [job for cell in self.cells for job in self.tuning_jobs(cell, progress) + self.finetuning(cell, progress)
+                if job.key not in progress]
+
+    def pretraining(self) -> list[Job]:
+        """The bases of every seed of every cell, as populations; cells with the same pretraining
+        settings (a map's) share them."""
+        jobs = {}
+        for config in self.cells.values():
+            settings, lr = job_settings(config, "pretrain"), config.pretrain.lr
+            for chunk in population_chunks(all_seeds(config), config.experiment.population, self.stamp.device_type):
+                members = tuple(Member(PRETRAINED, seed, lr) for seed in chunk)
+                key = job_key("pretrain", members, settings, self.stamp)
+                jobs.setdefault(key, Job("pretrain", None, members, key))
+        return list(jobs.values())
+
+    def tuning_jobs(self, cell: str, progress: Progress) -> list[Job]:
+        """``cell``'s tuning jobs known so far: the grid's, then each round of extension that the
+        finished rounds ask for."""
+        return self.search(cell, progress)[0]
+
+    def tuning(self, cell: str, progress: Progress) -> Tuning | None:
+        """``cell``'s finished search; None while a job it needs has no result, or with no experiment.lrs."""
+        return self.search(cell, progress)[1]
+
+    def search(self, cell: str, progress: Progress) -> tuple[list[Job], Tuning | None]:
+        """The rounds of ``cell``'s search as far as ``progress`` goes: each variant at every rate of
+        its grid on the tuning seeds; then, with extend_grid, a variant whose best rate is at its
+        grid's edge one rate past that edge (``extended_rate``), up to ``EXTEND_STEPS`` times,
+        until its best rate is inside. The test set plays no part."""
+        config = self.cells[cell]
+        if not config.experiment.lrs:
+            return [], None
+        base_grid = sorted(config.experiment.lrs)
+        grids = {variant.name: list(base_grid) for variant in finetune_variants(config)}
+        jobs = self.tune_jobs(cell, grids)
+        tuning = Tuning(grids, {}, base_grid)
+        for round_ in range(EXTEND_STEPS + 1):
+            if any(job.key not in progress for job in jobs):
+                return jobs, None
+            tuning = Tuning(grids, validation_accuracies(jobs, progress), base_grid)
+            beyond = {name: [extended_rate(rates, edge)] for name, rates in grids.items()
+                      if (edge := grid_edge(rates, tuning.chosen(name)))}
+            if not beyond or not config.experiment.extend_grid or round_ == EXTEND_STEPS:
+                break
+            jobs = jobs + self.tune_jobs(cell, beyond)
+            grids = {name: sorted(rates + beyond.get(name, [])) for name, rates in grids.items()}
+        return jobs, tuning
+
+    def tune_jobs(self, cell: str, grids: dict[str, list[float]]) -> list[Job]:
+        """Each variant named in ``grids`` at each of its rates on every tuning seed, as populations."""
+        config = self.cells[cell]
+        return [job for group in variant_groups(config)
+                for job in self.populations(cell, "tune", [Member(variant, seed, lr) for variant in group
+                                                           if variant.name in grids for lr in grids[variant.name]
+                                                           for seed in tuning_seeds(config)])]
+
+    def finetuning(self, cell: str, progress: Progress) -> list[Job]:
+        """``cell``'s compared runs, once its rates are chosen: per population group (a method, at
+        the ranks of one bucket) every variant on every compared seed at its rate; with tuning, the
+        same at the shared finetune.lr as "<variant>@shared" where the grid chose another rate
+        (unless experiment.shared_lr is off, or the grid chose that rate for every variant)."""
+        rates = self.rates(cell, progress)
+        if rates is None:
+            return []
+        config, shared = self.cells[cell], self.cells[cell].finetune.lr
+        shared_too = bool(config.experiment.lrs) and config.experiment.shared_lr and set(rates.values()) != {shared}
+        jobs = []
+        for group in variant_groups(config):
+            jobs += self.populations(cell, "finetune", [Member(variant, seed, rates[variant.name]) for variant in group
+                                                        for seed in compared_seeds(config)])
+            if shared_too:
+                again = [variant.at_shared_rate() for variant in group if rates[variant.name] != shared]
+                jobs += self.populations(cell, "finetune", [Member(variant, seed, shared) for variant in again
+                                                            for seed in compared_seeds(config)])
+        return jobs
+
+    def rates(self, cell: str, progress: Progress) -> dict[str, float] | None:
+        """Each variant's rate: chosen on validation with experiment.lrs (None until the search
+        ends), finetune.lr without."""
+        config = self.cells[cell]
+        if not config.experiment.lrs:
+            return {variant.name: config.finetune.lr for variant in finetune_variants(config)}
+        tuning = self.tuning(cell, progress)
+        return None if tuning is None else {name: tuning.chosen(name) for name in tuning.grids}
+
+    def populations(self, cell: str, stage: str, members: list[Member]) -> list[Job]:
+        config = self.cells[cell]
+        settings = job_settings(config, stage)
+        return [Job(stage, cell, tuple(chunk), job_key(stage, chunk, settings, self.stamp))
+                for chunk in population_chunks(members, config.experiment.population, self.stamp.device_type)]
+
+
+def validation_accuracies(jobs: list[Job], progress: Progress) -> dict[tuple[str, float], list[float | None]]:
+    """(variant name, rate) -> validation accuracy per tuning seed, in the tuning seeds' order."""
+    accuracies = {}
+    for job in jobs:
+        for member, accuracy in zip(job.members, progress[job.key]):
+            accuracies.setdefault((member.variant.name, member.lr), []).append(accuracy)
+    return accuracies
+
+
+def choose_rate(mean_accuracies: dict[float, float | None]) -> float:
+    """The rate with the best mean validation accuracy; ties go to the smaller rate (the gentler
+    update). A rate with None (some seed diverged there) is never chosen; if every rate diverged,
+    the smallest, the likeliest to train, whose runs then record what happened."""
+    finished = [lr for lr, accuracy in mean_accuracies.items() if accuracy is not None]
+    if not finished:
+        return min(mean_accuracies)
+    return max(finished, key=lambda lr: (mean_accuracies[lr], -lr))
+
+
+def grid_edge(grid: list[float], chosen: float) -> str | None:
+    """"lowest" or "highest" when ``chosen`` is the grid's edge rate, where the validation accuracy
+    may still rise beyond the grid; None for a rate inside it."""
+    if len(grid) < 2 or min(grid) < chosen < max(grid):
+        return None
+    return "lowest" if chosen == min(grid) else "highest"
+
+
+def extended_rate(grid: list[float], edge: str) -> float:
+    """The next rate past ``grid``'s ``edge`` ("lowest" or "highest"): its outermost rate times the
+    ratio of its two outermost rates on that side, so an even (geometric) grid stays even."""
+    rates = sorted(grid)
+    outer, inner = (rates[0], rates[1]) if edge == "lowest" else (rates[-1], rates[-2])
+    return float(f"{outer * outer / inner:.6g}")  # 6 digits: the rate prints as it is keyed (f"{lr:g}")
+
+
+def mean_accuracies(accuracies: dict[float, list[float | None]]) -> dict[float, float | None]:
+    """Per rate, the mean validation accuracy over the tuning seeds; None where any seed diverged."""
+    return {lr: None if None in values else statistics.fmean(values) for lr, values in accuracies.items()}
