@@ -63,6 +63,8 @@ class MemberResult:
 @dataclass
 class JobResult:
     key: str
+    stage: str               # the job's (plan.Job), to read a run folder's results by
+    cell: str | None
     members: list[MemberResult]
     records: list[dict]      # every metrics record it made, in order: metrics.jsonl gets them again on a resume
     ran_on: dict             # the device, its name and torch's thread count: float32 bits depend on them
@@ -110,7 +112,7 @@ def run_job(job: Job, config: Config, data: JobData, output: Output) -> JobResul
         tests = [phases.test_record(member.result) for member in scored if not member.result.diverged]
         if (line := phases.member_line(label(job), tests)) is not None:
             output.say(line)
-    return JobResult(job.key, scored, output.kept, ran_on(device), started, time.time())
+    return JobResult(job.key, job.stage, job.cell, scored, output.kept, ran_on(device), started, time.time())
 
 
 def build(job: Job, config: Config, data: JobData, device: torch.device) -> list[phases.Tuned]:
@@ -214,7 +216,8 @@ def from_cache(job: Job, config: Config, data: JobData, cache: BaseCache, output
                               n_train=len(data.train), epoch_records=[r for r in records if r["kind"] == "epoch"],
                               cached=True).result
         members.append(MemberResult(result, state=model.state_dict()))
-    return JobResult(job.key, members, output.kept, ran_on(device), started, time.time(), cached=True)
+    return JobResult(job.key, job.stage, job.cell, members, output.kept, ran_on(device), started, time.time(),
+                     cached=True)
 
 
 def to_cache(result: JobResult, job: Job, cache: BaseCache, config: Config) -> None:

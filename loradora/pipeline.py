@@ -161,7 +161,8 @@ class Run:
                 self.results[result.key] = result
         self.kept = set(self.results)
         if self.resumed:
-            print(f"resuming {self.folder}: {len(self.kept)} job results kept; training only what is missing")
+            n = len(self.kept)
+            print(f"resuming {self.folder}: {n} job result{'' if n == 1 else 's'} kept; training only what is missing")
 
     def execute(self, planned: list[Job], inputs) -> list[tuple[Job, JobResult]]:
         """``planned``'s results in order: those kept from before (their records replayed into the

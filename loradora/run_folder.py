@@ -38,7 +38,8 @@ def create_run_dir(output_dir: str | Path, run_name: str | None) -> Path:
                 continue
     except OSError as error:
         raise OutputUnavailable(f"cannot create a run folder in {output_dir}: {error.strerror}") from None
-    raise OutputUnavailable(f"{output_dir / names[-1]} exists already; choose another output.run_name")
+    raise OutputUnavailable(f"{output_dir / names[-1]} exists already; choose another output.run_name, or continue "
+                            f"that run: python dora_example.py --resume {output_dir / names[-1]}")
 
 
 class MetricsLog:

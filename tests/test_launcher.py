@@ -9,6 +9,7 @@ import sys
 import types
 
 import pytest
+import torch
 
 from conftest import REPO, smoke, summary_of
 from loradora.config import ConfigError, load_config
@@ -137,3 +138,20 @@ def test_cluster_addresses(address):
     assert config.ray.address == (None if address == "null" else address)
     assert load_config(None, ["experiment.launcher=ray", "data.validation_size=10", "experiment.lrs=[0.01]",
                         "experiment.tuning_seeds=[3]"])
+
+
+def test_ray_trains_the_cells_of_a_map_side_by_side(tmp_path, mnist_root, ray_runtime):
+    # A map is one plan: its cells' tuning jobs are ready at once, so Ray trains them together.
+    from test_map import MAP
+    from loradora.jobs import JobStore
+
+    two_cells = [*MAP, "map.train_subsets=[200]"]
+    local = smoke(tmp_path, *two_cells, run_name="local")
+    remote = smoke(tmp_path, *two_cells, "experiment.launcher=ray", run_name="ray")
+    maps = [json.loads((folder / "map.json").read_text()) for folder in (local, remote)]
+    assert maps[0]["answers"] == maps[1]["answers"] and len(maps[0]["cells"]) == 2
+    store = JobStore(remote / "jobs")
+    results = [store.load(path.stem, torch.device("cpu")) for path in sorted(store.folder.glob("*.pt"))]
+    overlapping = {(a.cell, b.cell) for a in results for b in results
+                   if a.cell and b.cell and a.cell != b.cell and a.started < b.finished and b.started < a.finished}
+    assert overlapping, [(r.cell, r.stage, r.started, r.finished) for r in results]

@@ -64,12 +64,16 @@ def test_a_verdict_in_one_word_reads_the_interval_it_is_given():
     assert short_verdict((-0.04, 0.3), 0.05) == "undecided"
 
 
+# A map in miniature: 2 angles by 2 sizes, 3 compared seeds, 2 tuning seeds, ranks 1 and 4.
+MAP = ["data.train_subset=1200", "data.test_subset=300", "finetune.task=rotate", "finetune.validation_size=300",
+       "finetune.steps=12", "experiment.seeds=[3, 4, 5]", "experiment.tuning_seeds=[1, 2]",
+       "experiment.lrs=[1.0e-3, 3.0e-3]", "experiment.ranks=[1, 4]", "experiment.shared_lr=false",
+       "analysis.every_n_batches=null", "cache.enabled=false", "map.rotate_degrees=[30, 90]",
+       "map.train_subsets=[200, null]"]
+
+
 def map_run(tmp_path, name, *overrides):
-    return smoke(tmp_path, "data.train_subset=1200", "data.test_subset=300", "finetune.task=rotate",
-                 "finetune.validation_size=300", "finetune.steps=12", "experiment.seeds=[3, 4, 5]",
-                 "experiment.tuning_seeds=[1, 2]", "experiment.lrs=[1.0e-3, 3.0e-3]", "experiment.ranks=[1, 4]",
-                 "experiment.shared_lr=false", "analysis.every_n_batches=null", "cache.enabled=false",
-                 "map.rotate_degrees=[30, 90]", "map.train_subsets=[200, null]", *overrides, run_name=name)
+    return smoke(tmp_path, *MAP, *overrides, run_name=name)
 
 
 def test_a_map_answers_every_cell_and_rank_adjusted_for_them_all(tmp_path, mnist_root, capsys):
@@ -79,7 +83,7 @@ def test_a_map_answers_every_cell_and_rank_adjusted_for_them_all(tmp_path, mnist
     assert report["status"] == "complete" and report["cells"] == ["rotate30_n200", "rotate30_nall",
                                                                    "rotate90_n200", "rotate90_nall"]
     assert report["family"] == 8 and report["adjustment"] == "Bonferroni over 8 comparisons (cells x ranks)"
-    # every cell adapts the same bases: pretrained afresh in each (no cache), to the same scores
+    # every cell adapts the same bases: one set of pretraining jobs, shared
     assert report["same_bases"] is True
     answers = report["answers"]
     assert [(a["rotate_degrees"], a["n_train"], a["rank"]) for a in answers] == [
