@@ -385,6 +385,9 @@ def planned_runs(args, old: Path | None) -> list[tuple[str, list[str], dict]]:
         sides[f"{args.against}, population 1"] = (old, ["experiment.population=1"])
     runs = [("20 seeds, lora+dora, 1 epoch", [seeds, "finetune.methods=[lora, dora]", "finetune.epochs=1",
                                                "cache.enabled=false"], sides)]
+    if args.default and old is not None:
+        runs.insert(0, ("the default run (configs/default.yaml)", ["cache.enabled=false"],
+                        {"this code": (REPO, []), args.against: (old, [])}))
     if args.sweep:
         runs.append(("configs/rank_sweep.yaml", ["--config", "configs/rank_sweep.yaml", "cache.enabled=false"],
                      {side: sides[side] for side in ("population auto", "population 1")}))
@@ -452,6 +455,7 @@ def main():
     runs.add_argument("--repeats", type=int, default=1)
     runs.add_argument("--sweep", action="store_true", help="also configs/rank_sweep.yaml (minutes)")
     runs.add_argument("--decisive", action="store_true", help="also configs/decisive.yaml (minutes)")
+    runs.add_argument("--default", action="store_true", help="with --against: also the default run against REF")
     runs.add_argument("--against", metavar="REF", help="also the code at this git revision (a temporary worktree)")
     args = parser.parse_args()
     {"epochs": epochs_benchmark, "precision": precision_benchmark, "runs": runs_benchmark}[args.command](args)
