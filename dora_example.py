@@ -5,17 +5,22 @@
     python dora_example.py lora.rank=8 dora.alpha=16         # any key, as key.sub=value
     python dora_example.py --config configs/seeds.yaml       # 5 seeds: does DoRA beat LoRA?
 
-The pipeline (loradora/pipeline.py, ``Experiment``): load MNIST onto the device (and shift it, when
-finetune.task asks for it); for each seed, pretrain the MLP with every weight trainable, or reuse
-the base an earlier run pretrained from the same inputs; then for each fine-tuning method (lora,
-dora, and the baselines full and head), at each rank of a sweep, copy the pretrained model, make
-trainable what the method trains, fine-tune it while recording how its weights move (DoRA section
-3.2), and measure accuracy on the whole test set. Finally aggregate the seeds (mean +- std, DoRA -
-LoRA with a 95% interval and a verdict) and draw the plots. With several seeds, each phase trains
-all its seeds at once as a population (loradora/population.py); with experiment.lrs, each method's
-learning rate is first chosen on a validation split held out of the training images. Results go
-to results/<run_name>/ (config.yaml, metrics.jsonl, summary.json, *.png, and the first seed's
-models and adapters).
+``main`` is the experiment, one step a line (loradora/pipeline.py): open the run (a new folder
+under results/, or with --resume a stopped one); load MNIST onto the device, and make the
+fine-tuning task from it; pretrain the MLP with every weight trainable, one base per seed (or reuse
+a base an earlier run pretrained from the same inputs); with experiment.lrs, tune each method's
+learning rate on a validation split held out of the training images; fine-tune every method (lora,
+dora, and the baselines full and head; at each rank of a sweep) from a frozen copy of its seed's
+base, recording how its weights move (DoRA section 3.2), and score it on the whole test set;
+compare the seeds (mean +- std, DoRA - LoRA with a 95% interval and a verdict); report the tables
+and draw the plots. Each step that trains runs the jobs the plan (loradora/plan.py) gives it, many
+seeds at once as populations (loradora/population.py), and keeps each job's result in the run
+folder, so a stopped run continues where it stopped:
+
+    python dora_example.py --resume results/<run>
+
+Results go to results/<run_name>/ (config.yaml, metrics.jsonl, summary.json, *.png, jobs/, and
+the first seed's models and adapters).
 
 This script is the command line: it checks the arguments and the config before torch loads, so
 --help and a bad key answer at once, then runs the pipeline.
@@ -36,8 +41,8 @@ PATH_RULE = ("Relative paths typed on the command line (--config, data.root=, ou
 EXIT_CODES = {
     0: "done",
     1: "no usable data, the pretraining diverged, or a result file could not be written",
-    2: "bad config or output folder: nothing was written",
-    130: "stopped by Ctrl-C (SIGINT): finished phases kept, summary.json marked interrupted",
+    2: "bad config or output folder, a run folder in use, or a resume refused: nothing was written",
+    130: "stopped by Ctrl-C (SIGINT): finished jobs kept, summary.json marked interrupted; --resume continues it",
     143: "stopped by SIGTERM (Slurm, Kubernetes, Ray, systemd, timeout): the same",
 }
 

@@ -9,9 +9,11 @@ excluded. seeds_way.py says what "the seeds' way" is.
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,14 +22,22 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import dora_example  # noqa: E402
 from loradora.config import load_config, resolve_device  # noqa: E402
-from loradora.pipeline import Experiment, Summary  # noqa: E402
+from loradora import pipeline as steps  # noqa: E402
 from seeds_way import seeds_pipeline  # noqa: E402
 
 
 def project_pipeline(config, device) -> dict:
-    summary = Summary(config, device)
-    Experiment(config, device, summary).run()
-    return {name: result.test_accuracy for name, result in summary.data["methods"].items()}
+    """dora_example.main's steps up to the report (the run folder in a temporary one, which the
+    seeds' way does not write: the first seed's adapter files and summary.json are in the time)."""
+    with tempfile.TemporaryDirectory() as out:
+        config = dataclasses.replace(config, output=dataclasses.replace(config.output, dir=out, run_name="run"))
+        with steps.open_run(config) as run:
+            data = steps.load_data(run)
+            bases = steps.pretrain(run, data)
+            steps.tune(run, data)
+            steps.finetune(run, data, bases)
+            steps.compare(run)
+        return {name: result.test_accuracy for name, result in run.cells[0].summary.data["methods"].items()}
 
 
 def timed(pipeline, config, device) -> tuple[float, dict]:

@@ -4,8 +4,9 @@ MNIST is 47 MB as float32, so it lives on the device once; a training step then 
 gather instead of a DataLoader's per-image PIL -> tensor conversion (airbench's approach).
 
 The files are read here (IDX is a 16-byte header and the bytes); torchvision only downloads them.
-Importing torchvision for its reader cost every run 0.4 s on a busy 2-core machine (measured after
-torch._dynamo, which it also imports and which the first optimiser imports anyway).
+Importing torchvision for its reader cost every run 0.4 s on a busy 2-core machine, measured with
+torch._dynamo already imported; it imports torch._dynamo too, which the training loop never needs
+(its optimiser avoids that import, loradora/adam.py), so without it the cost would be higher still.
 """
 
 import gzip

@@ -89,7 +89,7 @@ class JobData:
 
 class Output:
     """Where a job's metrics records and console lines go (``record``, ``say``); ``tags`` are added
-    to every record (a map's cell, tuning)."""
+    to every record (``tuning=True`` for a tuning job's), and ``kept`` holds them for its result."""
 
     def __init__(self, record: Callable[[dict], None], say: Callable[[str], None] = tqdm.write, **tags):
         self.record, self.say, self.tags = record, say, tags
@@ -194,7 +194,7 @@ def score(job: Job, config: Config, position: tuple[Member, phases.Tuned, Member
                         decomposition=decomposition_result(tuned.tracker) if tuned.tracker is not None else None)
 
 
-def from_cache(job: Job, config: Config, data: JobData, cache: BaseCache, output: Output) -> JobResult | None:
+def from_cache(job: Job, config: Config, data: JobData, output: Output, cache: BaseCache) -> JobResult | None:
     """A pretraining job's bases from the pretrained-base cache (loradora/cache.py), tested again,
     their training records replayed (marked cached); None unless every member is there, unharmed.
     A population's members are cached under a key naming the whole population, since a member's

@@ -99,7 +99,7 @@ class RayLauncher:
                              "deterministic": torch.are_deterministic_algorithms_enabled()})
             refs = [self.put(value) for value in (data.train, data.scored, *data.bases.values())]
             submitted.append((job, output, self.task.remote(payload, self.device.type, *refs)))
-            output.say(f"\n== {label(job)}: sent to Ray; its lines follow when it has trained")
+            output.say(f"ray: {label(job)} sent as a task; its lines follow when it has trained")
         for job, output, handle in submitted:
             result, events = loads(self.ray.get(handle), self.device)
             for kind, event in events:

@@ -84,7 +84,7 @@ def tagged(record: Record, **tags) -> Record:
 
 
 def test_record(result: MethodResult) -> dict:
-    """A finished result as the test record ``show_members`` prints."""
+    """A finished result as the test record ``member_line`` prints."""
     return {"kind": "test", "test_accuracy": result.test_accuracy, "n_test": result.n_test}
 
 

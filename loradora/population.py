@@ -336,7 +336,7 @@ class PopulationStep:
     stacked tensors is N Adams). A rate per member (a learning-rate grid trained as one
     population): ``MemberAdam``, the same update with the rate broadcast over the member dimension.
 
-    ``orders`` names each member's batch order (``launcher.train``: the seed of its generator);
+    ``orders`` names each member's batch order (``jobs.train``: the seed of its generator);
     members with the same order and the same frozen first layer share its work (``SharedInput``).
     ``precision``: see ``training.products_in``.
     """

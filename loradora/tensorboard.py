@@ -35,14 +35,14 @@ def require_tensorboard() -> type:
 
 
 class TensorBoardLog:
-    """A metrics-record sink: call it with every record that ``pipeline.Experiment`` passes to its
-    ``record`` callback, and ``close()`` it when the run is over.
+    """A metrics-record sink: call it with every record that a run passes to its cells'
+    sinks (``pipeline.Cell``), and ``close()`` it when the run is over.
 
     A record of kind K is written by the method ``on_K``; kinds without one are skipped: "batch"
     (every N-th batch, which the epoch record's ``batch_losses`` hold with all the others) and
-    "diverged" (its loss curve stops there). To chart a new kind of record, such as the learning
-    rates that tuning chooses, add its ``on_<kind>`` method: it gets the writer of the record's
-    phase and seed, the record, and that phase's steps so far.
+    "diverged" (its loss curve stops there). To chart a new kind of record, add its ``on_<kind>``
+    method, as ``on_tuning`` charts the rates tuning chose: it gets the writer of the record's phase
+    and seed, the record, and that phase's steps so far.
     """
 
     def __init__(self, directory: str | Path):

@@ -273,10 +273,10 @@ def test_sigterm_in_a_population_keeps_finished_phases(tmp_path, mnist_root):
 @pytest.mark.skipif(not HAS_RAY, reason="ray is not installed (pip install -r requirements-dev.txt)")
 def test_sigterm_with_ray_ends_cleanly_and_leaves_no_ray_process(tmp_path, mnist_root):
     # ray.init makes SIGTERM raise SystemExit on the driver, which skipped the run's bookkeeping. A Ray
-    # population's batch records arrive with its result, so the stop comes at the phase's header.
+    # job's lines arrive with its result, so the stop comes when LoRA's job is sent.
     before = ray_processes()
     code, err, run = stop_midway(tmp_path, mnist_root, signal.SIGTERM, "experiment.seeds=[1, 2]",
-                                 "experiment.launcher=ray", when=lambda line: line.startswith("== lora"))
+                                 "experiment.launcher=ray", when=lambda line: line.startswith("ray: lora sent"))
     assert code == 143, err[-2000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "interrupted" and list(summary["methods"]) == ["pretrained"]

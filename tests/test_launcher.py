@@ -145,7 +145,7 @@ def test_ray_trains_the_cells_of_a_map_side_by_side(tmp_path, mnist_root, ray_ru
     from test_map import MAP
     from loradora.jobs import JobStore
 
-    two_cells = [*MAP, "map.train_subsets=[200]"]
+    two_cells = [*MAP, "map.train_subsets=[200]", "finetune.steps=100"]  # jobs long enough to meet
     local = smoke(tmp_path, *two_cells, run_name="local")
     remote = smoke(tmp_path, *two_cells, "experiment.launcher=ray", run_name="ray")
     maps = [json.loads((folder / "map.json").read_text()) for folder in (local, remote)]

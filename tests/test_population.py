@@ -113,7 +113,7 @@ def test_every_member_trains_as_it_would_alone_in_float64(case, norm):
 def test_every_member_trains_as_it_would_alone_in_float32(case):
     if case[1].get("detach_norm") is False:
         pytest.skip("ill-conditioned in float32 whoever computes it: two exact forms of one model (output "
-                    "scaled, weight rebuilt) differed by 8.6e-6 within 10 steps, measured; held to 1e-12 in float64")
+                    "scaled, weight rebuilt) differed by 8.6e-6 within 10 steps, measured; held to 1e-10 in float64")
     data = synthetic(10 * BATCH, torch.float32)
     alone = [losses_alone(model, data, seed, epochs=1) for model, seed in zip(members(case, torch.float32), SEEDS)]
     together, _ = losses_together(members(case, torch.float32), data, epochs=1)

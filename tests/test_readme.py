@@ -238,3 +238,10 @@ def test_the_checks_catch_a_wrong_name():
     assert missing_methods(text) == ["DoRALinear.nope"]
     fine = "`results/<run>/summary.json`, `data/MNIST/raw/`, `loss/batch`, `loss_curves.png`, `loradora/`"
     assert missing_span_paths(fine) == []
+
+
+def test_the_layout_table_names_every_module_of_the_package():
+    # Regression: per_image.py and regime_map.py were left out of the table for a release (issue 29).
+    rows = [line.split("|")[1] for line in README.read_text().splitlines() if line.startswith("| `loradora/")]
+    named = {name for row in rows for name in re.findall(r"`loradora/(\w+\.py)`", row)}
+    assert named == {path.name for path in (REPO / "loradora").glob("*.py")}

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 
 from conftest import REPO, SMOKE, smoke, summary_of
 
@@ -120,15 +119,15 @@ def test_the_plan_extends_the_grid_then_fine_tunes_at_the_chosen_rates():
 
 def test_a_run_stopped_in_tuning_resumes_to_the_uninterrupted_summary(tmp_path, mnist_root, capsys):
     whole = smoke(tmp_path, *TUNED, run_name="whole")
-    stopped = stop_at(tmp_path, "lora_r2@lr=0.003, lora_r2@lr=0.01", *TUNED)
+    stopped = stop_at(tmp_path, "== dora_r2@lr=0.003, dora_r2@lr=0.01", *TUNED)  # LoRA's tuning job done
     assert stopped.returncode == 143, stopped.stderr[-2000:]
     assert f"--resume {tmp_path / 'stopped'}" in stopped.stderr  # the stop says how to continue
     capsys.readouterr()
     resume(tmp_path / "stopped")
     out = capsys.readouterr().out
-    assert "resuming" in out and "1 job result kept" in out  # the pretraining, finished before the stop
+    assert "resuming" in out and "2 job results kept" in out  # the pretraining and LoRA's tuning
     kept = json.loads((tmp_path / "stopped" / "summary.json").read_text())["jobs"]
-    assert kept["kept"] == 1 and kept["trained"] == kept["total"] - 1 and f"{kept['trained']} trained now" in out
+    assert kept["kept"] == 2 and kept["trained"] == kept["total"] - 2 and f"{kept['trained']} trained now" in out
     again, first = summary_of(tmp_path / "stopped"), summary_of(whole)
     assert again["status"] == "complete"
     assert without_times(again["runs"]) == without_times(first["runs"])  # every accuracy, equal not close
@@ -139,7 +138,8 @@ def test_a_run_stopped_in_tuning_resumes_to_the_uninterrupted_summary(tmp_path, 
 
 
 def test_a_damaged_result_trains_that_job_again(tmp_path, mnist_root, capsys):
-    run = smoke(tmp_path, "data.train_subset=512", "data.test_subset=200", "finetune.epochs=1", "cache.enabled=false")
+    run = smoke(tmp_path, "data.train_subset=512", "data.test_subset=200", "finetune.epochs=1", "cache.enabled=false",
+                "experiment.seeds=[1, 2]")  # a seeded run: 3 jobs, each a population of 2
     before = summary_of(run)
     damaged = sorted((run / "jobs").glob("*.pt"))[1]
     data = bytearray(damaged.read_bytes())
