@@ -138,7 +138,7 @@ class Run:
         self.config, self.folder, self.resumed, self.device, self.launcher = config, folder, resumed, device, launcher
         self.lock = lock  # acquire(folder)'s
         self.started = time.perf_counter()
-        self.stamp = Stamp(jobs.code_digest(), torch.__version__, device.type)
+        self.stamp = stamp_of(device)
         self.cells = [open_cell(name, cell_config, folder, resumed, device)
                       for name, cell_config in cells_of(config, folder).items()]
         self.plan = Plan({cell.name: cell.config for cell in self.cells}, self.stamp)
@@ -146,6 +146,7 @@ class Run:
         self.results: dict[str, JobResult] = {}  # key -> result: kept from before, or trained now
         self.kept: set[str] = set()             # the keys whose results were in the folder when it opened
         self.replayed: set[str] = set()         # the kept results this process has gone through
+        self.base_states: dict[int, dict] = {}  # seed -> its base's weights, once pretrained
         self.trained = 0
         self.exit_code = 0
         self.cache = BaseCache(config, device) if config.cache.enabled else None
@@ -156,6 +157,10 @@ class Run:
 
     def cell(self, name: str) -> Cell:
         return next(cell for cell in self.cells if cell.name == name)
+
+    def bases_of(self, job: Job) -> dict[int, dict]:
+        """The weights of the bases ``job``'s members start from (seed -> state dict)."""
+        return {seed: self.base_states[seed] for seed in dict.fromkeys(job.seeds)}
 
     def keep_results(self) -> None:
         """Read back every job result the folder holds; a damaged one is dropped (and trained again)."""
@@ -288,8 +293,7 @@ def open_run(config: Config, resume: Path | None = None, other_machine: bool = F
         raise RunRefused(str(error)) from None
     lock = acquire(folder)
     try:
-        stamp = Stamp(jobs.code_digest(), torch.__version__, device.type)
-        check_machine(folder / "jobs" / STAMP_FILE, stamp, device, other_machine)
+        check_machine(folder / "jobs" / STAMP_FILE, stamp_of(device), device, other_machine)
         # so do a missing ray package and a cluster that cannot be joined
         launcher = make_launcher(config.experiment.launcher, config.ray.address, device)
     except (RunRefused, LauncherUnavailable) as error:
@@ -302,6 +306,11 @@ def open_run(config: Config, resume: Path | None = None, other_machine: bool = F
     run = Run(config, folder, resume is not None, device, launcher, lock)
     run.keep_results()
     return run
+
+
+def stamp_of(device: torch.device) -> Stamp:
+    """This process's stamp: the code digest, torch version and device type its jobs have."""
+    return Stamp(jobs.code_digest(), torch.__version__, device.type)
 
 
 def acquire(folder: Path):
@@ -494,8 +503,7 @@ def tune(run: Run, data: dict[str, CellData]) -> None:
 
     def inputs(job: Job):
         cell, task = run.cell(job.cell), data[job.cell].task
-        states = {seed: run.base_states[seed] for seed in dict.fromkeys(job.seeds)}
-        return cell.config, JobData(task.train, task.validation, states), Output(cell.record, tuning=True)
+        return cell.config, JobData(task.train, task.validation, run.bases_of(job)), Output(cell.record, tuning=True)
 
     done: set[str] = set()
     while planned := [job for cell in cells for job in run.plan.tuning_jobs(cell.name, run.progress)
@@ -540,8 +548,7 @@ def finetune(run: Run, data: dict[str, CellData], bases: dict[int, torch.nn.Modu
 
     def inputs(job: Job):
         cell, task = run.cell(job.cell), data[job.cell].task
-        states = {seed: run.base_states[seed] for seed in dict.fromkeys(job.seeds)}
-        return cell.config, JobData(task.train, task.test, states), Output(cell.record)
+        return cell.config, JobData(task.train, task.test, run.bases_of(job)), Output(cell.record)
 
     planned = [job for cell in run.cells for job in run.plan.finetuning(cell.name, run.progress)]
     for job, result in run.execute(planned, inputs):
