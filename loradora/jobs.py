@@ -132,13 +132,20 @@ def base_model(config: Config, state: dict, device: torch.device) -> nn.Module:
     return model
 
 
+def training_settings(job: Job, config: Config):
+    """The config section ``job`` trains by (pretrain or finetune), and its fixed number of
+    batches (finetune.steps; None: its epochs)."""
+    if job.stage == "pretrain":
+        return config.pretrain, None
+    return config.finetune, config.finetune.steps
+
+
 def train(job: Job, config: Config, members: list[phases.Tuned], data: Split, output: Output) -> list[MemberRun]:
     """``training.train_members`` on ``job``'s members: member i draws its batches from seed i's
     generator; its records go to ``output`` marked ``member``, the console gets one line per logged
     batch with the members' mean and range, and a line per member that diverged. Trackers measure
     each member's weight decomposition every analysis.every_n_batches steps."""
-    settings = config.pretrain if job.stage == "pretrain" else config.finetune
-    steps = None if job.stage == "pretrain" else settings.steps
+    settings, steps = training_settings(job, config)
     models, names, seeds = [member.model for member in members], job.names, job.seeds
     output.say(f"\n== {label(job)}: {phases.phase_header(models[0], settings.epochs, steps)}{together(job)}")
 
@@ -175,9 +182,8 @@ def score(job: Job, config: Config, position: tuple[Member, phases.Tuned, Member
         accuracy = None if run.diverged else evaluate(tuned.model, data.scored.of_seed(member.seed)).percent
         return MemberResult(validation_accuracy=accuracy)
     phases.assert_unchanged(tuned.model, tuned.frozen, member.variant.name)
-    steps = None if job.stage == "pretrain" else config.finetune.steps
-    epochs = (config.pretrain if job.stage == "pretrain" else config.finetune).epochs
-    training = dict(lr=member.lr, epochs=1 if steps else epochs, steps=steps, n_train=len(data.train))
+    settings, steps = training_settings(job, config)
+    training = dict(lr=member.lr, epochs=1 if steps else settings.epochs, steps=steps, n_train=len(data.train))
     if run.diverged:
         return MemberResult(phases.method_result(tuned.model, member.variant, n_test=len(data.scored),
                                                  error=run.diverged, **training))
