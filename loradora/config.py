@@ -109,6 +109,7 @@ class FinetuneConfig(PretrainConfig):
     train_subset: int | None = None
     validation_size: int = 0
     subset_seed: int = 0
+    subset_per_seed: bool = False
 
     def checks(self, config: "Config") -> list[Check]:
         pool = (config.data.train_subset or 60_000) - config.data.validation_size
@@ -253,6 +254,10 @@ class OutputConfig(Section):
 class MapConfig(Section):
     rotate_degrees: list[float] | None = None
     train_subsets: list[int | None] | None = None
+    second_tuning_seeds: list[int] | None = None
+    fixed_passes: int | None = None
+    fixed_passes_degrees: list[float] | None = None
+    fixed_passes_ranks: list[int] | None = None
 
     def checks(self, config: "Config") -> list[Check]:
         """A map (loradora/regime_map.py) is a cell per angle and size, each a run of its own."""
@@ -270,6 +275,22 @@ class MapConfig(Section):
              "null unless finetune.task is rotate (the map's shift axis is the angle)"),
             ("train_subsets", not on or len(config.experiment.seeds or []) >= 2,
              "null unless experiment.seeds holds 2 or more seeds (each cell compares DoRA with LoRA over them)"),
+            *self.arm_checks(config, on),
+        ]
+
+    def arm_checks(self, config: "Config", on: bool) -> list[Check]:
+        """The second tuning set and the fixed-passes arm: parts of a map, never a run of their own."""
+        second, tuning = self.second_tuning_seeds, config.experiment.tuning_seeds or []
+        return [
+            ("second_tuning_seeds", second is None or (on and bool(config.experiment.lrs) and len(second) >= 1
+                                                       and not set(second) & set(tuning + (config.experiment.seeds or [])))
+             , "null, or on a tuned map (experiment.lrs) seeds apart from experiment.tuning_seeds and experiment.seeds"),
+            ("fixed_passes", self.fixed_passes is None or (on and self.fixed_passes >= 1),
+             "null, or on a map an integer >= 1 (the arm's epochs)"),
+            ("fixed_passes_degrees", self.fixed_passes is None or bool(self.fixed_passes_degrees),
+             "a non-empty list of angles when map.fixed_passes is set"),
+            ("fixed_passes_ranks", self.fixed_passes is None or bool(self.fixed_passes_ranks),
+             "a non-empty list of ranks when map.fixed_passes is set"),
         ]
 
 

@@ -169,6 +169,17 @@ def draw(pool: Split, train_size: int | None, validation_size: int, seed: int) -
     return take(chosen), take(order[:validation_size]) if validation_size else None
 
 
+def seed_subset(pool_size: int, train_size: int, subset_seed: int, seed: int) -> torch.Tensor:
+    """Seed ``seed``'s own fine-tuning images: indices into a pool of ``pool_size``, the first
+    ``train_size`` of a permutation drawn from (``subset_seed``, ``seed``), sorted. Each seed draws
+    anew, so an interval over seeds includes the draw; one seed's smaller sets lie inside its larger
+    ones (the same permutation's prefix), so the size axis still compares nested sets."""
+    # the CPU generator keeps 32 bits of its seed: mix both into them (a large odd multiplier keeps
+    # small subset_seeds and seeds apart)
+    generator = torch.Generator().manual_seed((subset_seed * 2_654_435_761 + seed) % 2**32)
+    return torch.randperm(pool_size, generator=generator)[:train_size].sort().values
+
+
 def raw_folder(root: str | Path) -> Path:
     return Path(root) / "MNIST" / "raw"
 

@@ -27,7 +27,7 @@ from loradora import cache, phases
 from loradora.adapters import ADAPTERS
 from loradora.cache import PACKAGE, BaseCache, source_digest
 from loradora.config import Config
-from loradora.data import Split
+from loradora.data import Split, seed_subset
 from loradora.experiment import decomposition_result
 from loradora.files import Damaged, read_checked, write_checked
 from loradora.model import MLP, initial_base
@@ -162,6 +162,7 @@ def train(job: Job, config: Config, members: list[phases.Tuned], data: Split, ou
 
     tracked = any(member.tracker is not None for member in members)
     runs = train_members(member_step(models, [m.lr for m in job.members], seeds, config.precision), data,
+                         subsets=seed_subsets(job, config, len(data)),
                          epochs=settings.epochs, batch_size=settings.batch_size,
                          generators=[torch.Generator().manual_seed(seed) for seed in seeds], log=log,
                          log_every=config.log.every_n_batches, max_loss=settings.max_loss, observe=observe,
@@ -171,6 +172,15 @@ def train(job: Job, config: Config, members: list[phases.Tuned], data: Split, ou
             output.say(f"{name} (seed {seed}) diverged and was stopped: {run.diverged}; its results are not used")
             output({"seed": seed, "phase": name, "member": True, "kind": "diverged", "message": run.diverged})
     return runs
+
+
+def seed_subsets(job: Job, config: Config, pool_size: int) -> list[torch.Tensor] | None:
+    """With finetune.subset_per_seed, each member's own fine-tuning images (indices into the pool
+    the job holds, ``data.seed_subset``); None when every member trains on all of it."""
+    settings = config.finetune
+    if job.stage == "pretrain" or not settings.subset_per_seed or settings.train_subset is None:
+        return None
+    return [seed_subset(pool_size, settings.train_subset, settings.subset_seed, seed) for seed in job.seeds]
 
 
 def score(job: Job, config: Config, position: tuple[Member, phases.Tuned, MemberRun], data: JobData,
@@ -183,7 +193,8 @@ def score(job: Job, config: Config, position: tuple[Member, phases.Tuned, Member
         return MemberResult(validation_accuracy=accuracy)
     phases.assert_unchanged(tuned.model, tuned.frozen, member.variant.name)
     settings, steps = training_settings(job, config)
-    training = dict(lr=member.lr, epochs=1 if steps else settings.epochs, steps=steps, n_train=len(data.train))
+    n_train = len(data.train) if (subsets := seed_subsets(job, config, len(data.train))) is None else len(subsets[0])
+    training = dict(lr=member.lr, epochs=1 if steps else settings.epochs, steps=steps, n_train=n_train)
     if run.diverged:
         return MemberResult(phases.method_result(tuned.model, member.variant, n_test=len(data.scored),
                                                  error=run.diverged, **training))

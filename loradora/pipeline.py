@@ -40,7 +40,7 @@ from loradora.jobs import JobData, JobResult, JobStore, Output
 from loradora.launcher import LauncherUnavailable, make_launcher
 from loradora.methods import prepare
 from loradora.per_image import HITS_FILE, ImageHits
-from loradora.plan import Job, Plan, Stamp, all_seeds, compared_seeds, tuning_seeds
+from loradora.plan import Job, Plan, Stamp, all_seeds, compared_seeds, once, tuning_seeds
 from loradora.plots import write_plots
 from loradora.report import format_rate_sensitivity, format_report, format_tuning
 from loradora.results import SeedResults
@@ -177,7 +177,8 @@ class Run:
         their records are replayed into the metrics files, not onto the console), and the rest
         trained by the launcher (``inputs``: what each job needs). The steps keep each new result
         in the folder as it comes, so a stop loses only the jobs still training."""
-        missing = [job for job in planned if job.key not in self.results]
+        # a job that two cells share (a map's second tuning set, where it chose the same rate) trains once
+        missing = once([job for job in planned if job.key not in self.results])
         fresh = self.launcher.run(missing, inputs)
         for job in planned:
             if job.key in self.results:
@@ -403,11 +404,15 @@ def task_splits(config: Config, mnist: Splits) -> Splits:
         return task
     # The fine-tuning set (and its validation split) drawn from the task's training images, the
     # pool; pretraining keeps every image, so each size adapts the same base (issue 19's map).
-    train, validation = mnist_data.draw(task.train, settings.train_subset, settings.validation_size,
-                                        settings.subset_seed)
+    # With subset_per_seed the whole pool travels and each job draws its seeds' own sets from it
+    # (jobs.seed_subsets); the validation split is drawn here either way, the same for every seed.
+    size = None if settings.subset_per_seed else settings.train_subset
+    train, validation = mnist_data.draw(task.train, size, settings.validation_size, settings.subset_seed)
     validation = validation if settings.validation_size else task.validation
-    print(f"fine-tuning on {len(train):,} of the task's {len(task.train):,} training images (finetune.train_subset, "
-          f"draw {settings.subset_seed})" + (f", {len(validation):,} more for validation" if settings.validation_size else ""))
+    drawn = (f"{settings.train_subset or len(train):,} of the task's {len(task.train):,} training images "
+             f"(finetune.train_subset, " + ("a draw of its own per seed" if settings.subset_per_seed
+                                             else f"draw {settings.subset_seed}") + ")")
+    print(f"fine-tuning on {drawn}" + (f", {len(validation):,} more for validation" if settings.validation_size else ""))
     return Splits(train, task.test, validation)
 
 

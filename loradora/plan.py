@@ -89,8 +89,10 @@ def all_seeds(config: Config) -> list[int]:
 
 
 # Keys that decide nothing a job computes: where results go, how the run is spread, and the verdicts.
+# experiment.tuning_seeds decides which jobs exist and the rates their members carry (in the key),
+# not what a job computes: a map's second tuning set shares every fine-tuning job whose rate agrees.
 NOT_IN_KEY = {"output", "map", "ray", "cache", ("experiment", "launcher"), ("experiment", "margin"),
-              ("log", "tensorboard")}
+              ("experiment", "tuning_seeds"), ("log", "tensorboard")}
 
 
 def job_settings(config: Config, stage: str) -> dict:
@@ -155,20 +157,25 @@ class Plan:
         missing = [job for job in self.pretraining() if job.key not in progress]
         if missing:
             return missing
-        return [job for cell in self.cells for job in self.tuning_jobs(cell, progress) + self.finetuning(cell, progress)
+        jobs = [job for cell in self.cells for job in self.tuning_jobs(cell, progress) + self.finetuning(cell, progress)
                 if job.key not in progress]
+        return once(jobs)
 
     def pretraining(self) -> list[Job]:
         """The bases of every seed of every cell, as populations; cells with the same pretraining
-        settings (a map's) share them."""
-        jobs = {}
+        settings (a map's) share them, each seed in one population: a base's float32 bits depend on
+        the models it shares its matmuls with, and every cell of a seed must adapt the same base."""
+        groups: dict[str, tuple[dict, Config, list[int]]] = {}  # settings, as JSON -> those, a config, their seeds
         for config in self.cells.values():
-            settings, lr = job_settings(config, "pretrain"), config.pretrain.lr
-            for chunk in population_chunks(all_seeds(config), config.experiment.population, self.stamp.device_type):
-                members = tuple(Member(PRETRAINED, seed, lr) for seed in chunk)
-                key = job_key("pretrain", members, settings, self.stamp)
-                jobs.setdefault(key, Job("pretrain", None, members, key))
-        return list(jobs.values())
+            settings = job_settings(config, "pretrain")
+            _, _, seeds = groups.setdefault(json.dumps(settings, sort_keys=True), (settings, config, []))
+            seeds += [seed for seed in all_seeds(config) if seed not in seeds]
+        jobs = []
+        for settings, config, seeds in groups.values():
+            for chunk in population_chunks(seeds, config.experiment.population, self.stamp.device_type):
+                members = tuple(Member(PRETRAINED, seed, config.pretrain.lr) for seed in chunk)
+                jobs.append(Job("pretrain", None, members, job_key("pretrain", members, settings, self.stamp)))
+        return jobs
 
     def tuning_jobs(self, cell: str, progress: Progress) -> list[Job]:
         """``cell``'s tuning jobs known so far: the grid's, then each round of extension that the
@@ -245,6 +252,15 @@ class Plan:
         settings = job_settings(config, stage)
         return [Job(stage, cell, tuple(chunk), job_key(stage, chunk, settings, self.stamp))
                 for chunk in population_chunks(members, config.experiment.population, self.stamp.device_type)]
+
+
+def once(jobs: list[Job]) -> list[Job]:
+    """``jobs`` with each key once, as it first comes: two cells of a map share a fine-tuning job
+    wherever their two tuning sets chose the same rate (map.second_tuning_seeds)."""
+    first: dict[str, Job] = {}
+    for job in jobs:
+        first.setdefault(job.key, job)
+    return list(first.values())
 
 
 def validation_accuracies(jobs: list[Job], progress: Progress) -> dict[tuple[str, float], list[float | None]]:

@@ -31,20 +31,31 @@ from loradora.stats import two_way_difference
 @dataclass(frozen=True)
 class Cell:
     """One cell of the map: the task rotated by ``rotate_degrees``, fine-tuned on ``train_subset``
-    images of its pool (None: the whole pool)."""
+    images of its pool (None: the whole pool); for ``finetune.steps`` batches, or, in the
+    fixed-passes arm, for ``passes`` epochs; its rates chosen by the tuning seeds (``tuning``
+    1) or by map.second_tuning_seeds (2)."""
     rotate_degrees: float
     train_subset: int | None
+    passes: int | None = None
+    tuning: int = 1
 
     @property
     def name(self) -> str:
-        return f"rotate{self.rotate_degrees:g}_n{self.train_subset or 'all'}"
+        return (f"rotate{self.rotate_degrees:g}_n{self.train_subset or 'all'}" + (f"_passes{self.passes}" if self.passes else "")
+                + ("_tuning2" if self.tuning == 2 else ""))
 
     def config(self, config: Config, folder: Path) -> Config:
         """``config`` as this cell's own run, in ``folder``/<name>."""
-        cell = dataclasses.replace(
-            config, finetune=dataclasses.replace(config.finetune, rotate_degrees=self.rotate_degrees,
-                                                 train_subset=self.train_subset),
-            output=dataclasses.replace(config.output, dir=str(folder), run_name=self.name), map=MapConfig())
+        settings = config.map
+        finetune = dataclasses.replace(config.finetune, rotate_degrees=self.rotate_degrees, train_subset=self.train_subset)
+        experiment = config.experiment
+        if self.passes:  # the same sizes for a fixed number of passes: the step budget no longer fixed
+            finetune = dataclasses.replace(finetune, steps=None, epochs=self.passes)
+            experiment = dataclasses.replace(experiment, ranks=list(settings.fixed_passes_ranks))
+        if self.tuning == 2:
+            experiment = dataclasses.replace(experiment, tuning_seeds=list(settings.second_tuning_seeds))
+        cell = dataclasses.replace(config, finetune=finetune, experiment=experiment, map=MapConfig(),
+                                   output=dataclasses.replace(config.output, dir=str(folder), run_name=self.name))
         validate(cell)
         return cell
 
@@ -65,10 +76,32 @@ class Answer:
     verdict: str                    # from the adjusted interval: dora, lora, tie or undecided
     raw_verdict: str                # the same from the 95% interval alone
     seeds_needed: int | None        # undecided: the seeds that would settle it (None: none would)
+    passes: int | None = None       # the fixed-passes arm's epochs; None: finetune.steps batches
+    second_tuning: dict | None = None  # the same question at the second tuning set's rates: lrs, mean, ci, verdict
+
+    @property
+    def rates_agree(self) -> bool | None:
+        """Whether both tuning sets chose the same rates (None: no second set)."""
+        if self.second_tuning is None:
+            return None
+        return (self.lora_lr, self.dora_lr) == (self.second_tuning["lora_lr"], self.second_tuning["dora_lr"])
+
+    @property
+    def settled(self) -> bool:
+        """A verdict published as settled: it decides (dora, lora or tie), and, with a second tuning
+        set, that set's rates give the same verdict."""
+        return self.verdict != "undecided" and (self.second_tuning is None or self.second_tuning["verdict"] == self.verdict)
 
 
 def cells(settings: MapConfig) -> list[Cell]:
-    return [Cell(angle, size) for angle in settings.rotate_degrees for size in settings.train_subsets]
+    """The map's cells: angle x size at the step budget, then the fixed-passes arm (map.fixed_passes),
+    then each again with its rates chosen by the second tuning set (map.second_tuning_seeds)."""
+    first = [Cell(angle, size) for angle in settings.rotate_degrees for size in settings.train_subsets]
+    if settings.fixed_passes:
+        first += [Cell(angle, size, settings.fixed_passes) for angle in settings.fixed_passes_degrees
+                  for size in settings.train_subsets]
+    second = [dataclasses.replace(cell, tuning=2) for cell in first] if settings.second_tuning_seeds else []
+    return first + second
 
 
 def write_map(folder: Path, config: Config, names: list[str], wall: float) -> None:
@@ -80,38 +113,60 @@ def write_map(folder: Path, config: Config, names: list[str], wall: float) -> No
               "environment": environment(resolve_device(config.device)),
               "same_bases": same_bases(summaries.values()), "family": len(answers),
               "adjustment": f"Bonferroni over {len(answers)} comparisons (cells x ranks)",
-              "answers": [dataclasses.asdict(a) for a in answers], "config": to_dict(config)}
+              "answers": [{**dataclasses.asdict(a), "rates_agree": a.rates_agree, "settled": a.settled} for a in answers],
+              "config": to_dict(config)}
     write_json(folder / "map.json", report)
     table = format_map(answers, report)
+    if config.map.second_tuning_seeds:
+        table += "\n\n" + format_stability(answers, config)
     write_atomic(folder / "map.md", table + "\n")
-    if answers:
-        save_figure(draw_map(answers, config.experiment.margin), folder / "map.png")
+    steps_arm = [a for a in answers if a.passes is None]
+    if steps_arm:
+        save_figure(draw_map(steps_arm, config.experiment.margin), folder / "map.png")
     print("\n" + table + f"\n\nmap: {folder}/ ({wall / 60:.1f} min)")
 
 
 def answer(folder: Path, summaries: dict[Cell, dict], margin: float) -> list[Answer]:
     """DoRA - LoRA at every finished cell (its run's summary, ``plots.load_summary``) and rank, the
-    intervals adjusted for all of them at once."""
-    questions = []  # (cell, summary, hits, dora, lora)
-    for cell, summary in summaries.items():
-        hits = ImageHits.load(folder / cell.name / HITS_FILE)
-        questions += [(cell, summary, hits, dora, lora) for dora, lora in adapter_pairs(summary["methods"])
-                      if summary["methods"][dora].rates == "tuned"]
+    intervals adjusted for all of them at once: the family is the first tuning set's questions,
+    both arms. Each is asked again at the second tuning set's rates, at the same level."""
+    questions = [(cell, summary, pair) for cell, summary in summaries.items() if cell.tuning == 1
+                 for pair in tuned_pairs(summary)]
     answers = []
-    for cell, summary, hits, dora, lora in questions:
-        methods = summary["methods"]
-        finished = hits.seeds(dora) & hits.seeds(lora)
-        seeds = [seed for seed in summary["seeds"] if seed in finished]
-        if len(seeds) < 2:
+    for cell, summary, pair in questions:
+        first = ask(folder / cell.name, summary, pair, len(questions), margin)
+        again = dataclasses.replace(cell, tuning=2)
+        if first is None:
             continue  # no interval: the cell's own report says why
-        both = two_way_difference(hits.matrix(dora, seeds), hits.matrix(lora, seeds), comparisons=len(questions))
-        needed = both.seeds_needed(margin)
-        answers.append(Answer(
-            cell.rotate_degrees, cell.train_subset, methods[lora].n_train, methods[dora].rank,
-            methods[lora].test_accuracy, methods[dora].test_accuracy, methods[lora].lr, methods[dora].lr,
-            summary["comparisons"][f"{dora} - {lora}"]["ci95"], both.to_dict(), short_verdict(both.ci, margin),
-            short_verdict(both.ci95, margin), needed[0] if needed else None))
+        if again in summaries and (second := ask(folder / again.name, summaries[again], pair, len(questions), margin)):
+            first = dataclasses.replace(first, second_tuning={
+                "lora_lr": second.lora_lr, "dora_lr": second.dora_lr, "mean": second.new_images["mean"],
+                "ci": second.new_images["ci"], "verdict": second.verdict, "raw_verdict": second.raw_verdict})
+        answers.append(dataclasses.replace(first, rotate_degrees=cell.rotate_degrees, train_subset=cell.train_subset,
+                                           passes=cell.passes))
     return answers
+
+
+def tuned_pairs(summary: dict) -> list[tuple[str, str]]:
+    """(dora, lora) at every rank, at their tuned rates."""
+    return [(dora, lora) for dora, lora in adapter_pairs(summary["methods"]) if summary["methods"][dora].rates == "tuned"]
+
+
+def ask(folder: Path, summary: dict, pair: tuple[str, str], family: int, margin: float) -> Answer | None:
+    """One question, DoRA - LoRA at one rank, in one cell's run (``folder``), over seeds and new
+    test images, adjusted for a ``family`` of questions; None with fewer than 2 seeds finished."""
+    (dora, lora), methods = pair, summary["methods"]
+    hits = ImageHits.load(folder / HITS_FILE)
+    finished = hits.seeds(dora) & hits.seeds(lora)
+    seeds = [seed for seed in summary["seeds"] if seed in finished]
+    if len(seeds) < 2:
+        return None
+    both = two_way_difference(hits.matrix(dora, seeds), hits.matrix(lora, seeds), comparisons=family)
+    needed = both.seeds_needed(margin)
+    return Answer(0.0, None, methods[lora].n_train, methods[dora].rank,
+                  methods[lora].test_accuracy, methods[dora].test_accuracy, methods[lora].lr, methods[dora].lr,
+                  summary["comparisons"][f"{dora} - {lora}"]["ci95"], both.to_dict(), short_verdict(both.ci, margin),
+                  short_verdict(both.ci95, margin), needed[0] if needed else None)
 
 
 def short_verdict(interval: tuple[float, float], margin: float) -> str:
@@ -131,13 +186,17 @@ def same_bases(summaries) -> bool:
 
 def format_map(answers: list[Answer], report: dict) -> str:
     """The map as a markdown table, one row per cell and rank."""
-    rows = ["| rotation | fine-tuning images | rank | LoRA | DoRA | lr LoRA / DoRA | DoRA − LoRA | 95% CI, this test set "
-            "| 95% CI, new images | adjusted CI, new images | verdict (raw) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| rotation | fine-tuning images | training | rank | LoRA | DoRA | lr LoRA / DoRA | DoRA − LoRA "
+            "| 95% CI, this test set | 95% CI, new images | adjusted CI, new images | verdict (raw) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in answers:
         ci95, ci = a.new_images["ci95"], a.new_images["ci"]
         verdict = a.verdict + (f" (~{a.seeds_needed} seeds)" if a.verdict == "undecided" and a.seeds_needed else "")
-        rows.append(f"| {a.rotate_degrees:g}° | {a.n_train:,} | {a.rank} | {a.lora_accuracy:.2f}% | {a.dora_accuracy:.2f}% "
+        verdict += "; rates differ by tuning set" if a.rates_agree is False else ""
+        verdict += "; not settled: the second tuning set's rates give another verdict" if (
+            a.verdict != "undecided" and not a.settled) else ""
+        training = arm(a)
+        rows.append(f"| {a.rotate_degrees:g}° | {a.n_train:,} | {training} | {a.rank} | {a.lora_accuracy:.2f}% | {a.dora_accuracy:.2f}% "
                     f"| {a.lora_lr:g} / {a.dora_lr:g} | {a.new_images['mean']:+.3f} "
                     f"| [{a.this_test_set[0]:+.3f}, {a.this_test_set[1]:+.3f}] | [{ci95[0]:+.3f}, {ci95[1]:+.3f}] "
                     f"| [{ci[0]:+.3f}, {ci[1]:+.3f}] | {verdict} ({a.raw_verdict}) |")
@@ -149,3 +208,33 @@ def format_map(answers: list[Answer], report: dict) -> str:
             f"{report['wall_seconds'] / 60:.1f} min on {report['environment']['device_name']} "
             f"({report['environment']['cpu_threads']} threads), torch {report['environment']['torch']}; "
             f"the same base in every cell: {report['same_bases']}.\n\n" + "\n".join(rows))
+
+
+def arm(a: Answer) -> str:
+    """Which arm asked the question: the map's fixed step budget, or a fixed number of passes."""
+    return "fixed steps" if a.passes is None else f"{a.passes} pass{'' if a.passes == 1 else 'es'}"
+
+
+def format_stability(answers: list[Answer], config: Config) -> str:
+    """How each question's rates and verdict change when only the tuning seeds change: both
+    choices and the verdict under each, at the same adjusted level."""
+    first, second = config.experiment.tuning_seeds, config.map.second_tuning_seeds
+    rows = ["| rotation | fine-tuning images | training | rank | lr LoRA / DoRA, set 1 | verdict, set 1 "
+            "| lr LoRA / DoRA, set 2 | DoRA − LoRA, set 2 | verdict, set 2 | rates agree | settled |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for a in answers:
+        again = a.second_tuning
+        if again is None:
+            continue
+        training = arm(a)
+        rows.append(f"| {a.rotate_degrees:g}° | {a.n_train:,} | {training} | {a.rank} | {a.lora_lr:g} / {a.dora_lr:g} "
+                    f"| {a.verdict} | {again['lora_lr']:g} / {again['dora_lr']:g} | {again['mean']:+.3f} "
+                    f"| {again['verdict']} | {'yes' if a.rates_agree else '**no**'} | {'yes' if a.settled else 'no'} |")
+    agree = sum(bool(a.rates_agree) for a in answers if a.second_tuning)
+    same = sum(a.second_tuning["verdict"] == a.verdict for a in answers if a.second_tuning)
+    asked = sum(a.second_tuning is not None for a in answers)
+    return (f"Rate stability: each question's rates chosen by tuning seeds {first} (set 1) and again by "
+            f"{second} (set 2), each on the same validation images; the compared seeds trained at both where "
+            f"they differ. Both sets chose the same rates in {agree} of {asked} questions; the verdict was "
+            f"the same in {same} of {asked}. A verdict is settled only where it decides and set 2 agrees.\n\n"
+            + "\n".join(rows))

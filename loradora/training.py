@@ -133,7 +133,8 @@ def train(model: nn.Module, data: Split, *, epochs: int, batch_size: int, lr: fl
 def train_members(members: Step, data: Split, *, epochs: int, batch_size: int, generators: Sequence[torch.Generator],
                   log: Callable[[dict[int, dict]], None], log_every: int, max_loss: float = math.inf,
                   observe: Callable[[int, list[int]], None] | None = None,
-                  observe_every: int | None = None, steps: int | None = None) -> list[MemberRun]:
+                  observe_every: int | None = None, steps: int | None = None,
+                  subsets: Sequence[torch.Tensor] | None = None) -> list[MemberRun]:
     """The training loop: Adam on each member's own cross-entropy, every member at once; one
     ``MemberRun`` per member.
 
@@ -156,6 +157,9 @@ def train_members(members: Step, data: Split, *, epochs: int, batch_size: int, g
     With ``steps``, ``epochs`` is ignored: each member trains exactly ``steps`` batches, drawn from
     as many shuffled passes over ``data`` as that takes (the last pass cut short), reported as one
     epoch record whose ``n_train`` counts the images trained on, repeats included.
+
+    With ``subsets``, member i trains on the images ``subsets[i]`` of ``data`` alone (its own draw):
+    its batches are shuffled passes over them, as over a dataset of that size.
     """
     device = data.images.device
     runs = [MemberRun([]) for _ in range(len(members))]
@@ -164,8 +168,8 @@ def train_members(members: Step, data: Split, *, epochs: int, batch_size: int, g
     epochs = 1 if steps is not None else epochs
     for epoch in range(1, epochs + 1):
         # (steps, N, batch) indices: each member's own permutation, split into the same batch sizes
-        tally = _EpochTally(alive, list(zip(*(member_batches(len(data), batch_size, generators[i], device, steps)
-                                             for i in alive))))
+        tally = _EpochTally(alive, list(zip(*(own_batches(data, subsets[i] if subsets else None, batch_size,
+                                                          generators[i], steps) for i in alive))))
         n_started, n_batches = len(alive), len(tally.batches)
         start, paused = synchronized_now(device), 0.0
         progress = tqdm(range(n_batches), desc=f"epoch {epoch}/{epochs}", leave=False, disable=not sys.stdout.isatty())
@@ -213,6 +217,15 @@ def member_batches(n: int, batch_size: int, generator: torch.Generator, device: 
     while len(batches) < steps:
         batches += shuffled_batches(n, batch_size, generator, device)
     return batches[:steps]
+
+
+def own_batches(data: Split, subset: torch.Tensor | None, batch_size: int, generator: torch.Generator,
+                steps: int | None) -> tuple[torch.Tensor, ...]:
+    """A member's batches over ``data``, or over its own ``subset`` of it (indices into ``data``)."""
+    if subset is None:
+        return member_batches(len(data), batch_size, generator, data.images.device, steps)
+    subset = subset.to(data.images.device)
+    return tuple(subset[batch] for batch in member_batches(len(subset), batch_size, generator, data.images.device, steps))
 
 
 class _EpochTally:

@@ -5,7 +5,8 @@ import shutil
 import pytest
 import torch
 
-from loradora.data import DOWNLOADS, DataUnavailable, load_mnist, read_idx
+from loradora.data import DOWNLOADS, DataUnavailable, Split, load_mnist, read_idx, seed_subset
+from loradora.training import own_batches
 
 
 def test_the_gz_downloads_alone_are_enough_offline_and_are_unpacked_once(tmp_path, mnist_root):
@@ -25,3 +26,24 @@ def test_a_file_that_is_not_idx_is_refused(tmp_path):
     (tmp_path / "x").write_bytes(b"\x1f\x8b\x08\x00not idx")
     with pytest.raises(DataUnavailable, match="not an IDX file"):
         read_idx(tmp_path / "x")
+
+
+def test_each_seed_draws_its_own_fine_tuning_set_nested_across_sizes():
+    """finetune.subset_per_seed (issue 30): seeds draw apart, so an interval over seeds includes the
+    draw; one seed's 256 images lie inside its 2,048, so the size axis still compares nested sets."""
+    small = {seed: seed_subset(5000, 256, 0, seed) for seed in (1, 2)}
+    large = {seed: seed_subset(5000, 2048, 0, seed) for seed in (1, 2)}
+    assert set(small[1].tolist()) <= set(large[1].tolist())
+    assert set(small[1].tolist()) != set(small[2].tolist())
+    assert len(set(small[1].tolist())) == 256 and int(small[1].max()) < 5000
+    assert torch.equal(seed_subset(5000, 256, 0, 1), small[1])            # a resume draws the same
+    assert not torch.equal(seed_subset(5000, 256, 1, 1), small[1])        # subset_seed changes it
+
+
+def test_a_member_with_its_own_subset_trains_on_those_images_alone():
+    images = torch.arange(100, dtype=torch.float32)[:, None].expand(100, 784).contiguous()
+    data = Split(images, torch.zeros(100, dtype=torch.long))
+    subset = torch.tensor([3, 17, 42, 64, 99])
+    batches = own_batches(data, subset, 2, torch.Generator().manual_seed(0), steps=7)
+    seen = torch.cat(batches).tolist()
+    assert len(batches) == 7 and set(seen) == set(subset.tolist())

@@ -2,6 +2,7 @@
 steps, and a map of cells whose every cell adapts the same base."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,3 +101,52 @@ def test_a_map_answers_every_cell_and_rank_adjusted_for_them_all(tmp_path, mnist
     assert cell["tuning"]["lora_r1"]["n_validation"] == 300
     assert (folder / "map.png").exists() and (folder / "map.md").read_text().count("\n| 30° |") == 4
     assert "Bonferroni over 8 comparisons" in " ".join(out.split())
+
+
+SECOND = MAP + ["map.second_tuning_seeds=[6, 7]", "map.fixed_passes=3", "map.fixed_passes_degrees=[90]",
+                "map.fixed_passes_ranks=[1]", "finetune.subset_per_seed=true"]
+
+
+def test_a_second_tuning_set_retrains_only_where_its_rates_differ():
+    """Issue 30: the rates chosen on other tuning seeds; the compared seeds train again only where a
+    method's choice moved, every cell of a seed still adapts one base (each seed pretrained once)."""
+    from loradora.plan import Plan, Stamp
+    from loradora.regime_map import cells
+
+    config = load_config(None, SECOND)
+    names = [cell.name for cell in cells(config.map)]
+    assert names[:5] == ["rotate30_n200", "rotate30_nall", "rotate90_n200", "rotate90_nall", "rotate90_n200_passes3"]
+    assert names[6:] == [name + "_tuning2" for name in names[:6]]
+    configs = {cell.name: cell.config(config, Path("map")) for cell in cells(config.map)}
+    assert configs["rotate90_nall_passes3"].experiment.ranks == [1] and configs["rotate90_nall_passes3"].finetune.steps is None
+    assert configs["rotate30_n200_tuning2"].experiment.tuning_seeds == [6, 7]
+    plan = Plan({name: configs[name] for name in ("rotate30_n200", "rotate30_n200_tuning2")}, Stamp("c", "2.x", "cpu"))
+    pretraining = [m.seed for job in plan.pretraining() for m in job.members]
+    assert sorted(pretraining) == [1, 2, 3, 4, 5, 6, 7]
+    progress = {job.key: () for job in plan.pretraining()}
+    tuning = plan.ready(progress)
+    for job in tuning:  # set 1 and set 2 agree on LoRA (0.003); on DoRA set 2 prefers 0.001
+        progress[job.key] = [90.0 + (m.lr == 0.003) - 2 * (m.lr == 0.003 and m.seed in (6, 7) and
+                                                          m.variant.method == "dora") for m in job.members]
+    first, second = (plan.finetuning(name, progress) for name in ("rotate30_n200", "rotate30_n200_tuning2"))
+    shared = {job.key for job in first} & {job.key for job in second}
+    assert {m.variant.method for job in first if job.key in shared for m in job.members} == {"lora"}
+    assert {(m.variant.method, m.lr) for job in second if job.key not in shared for m in job.members} == {("dora", 0.001)}
+    assert len(plan.ready(progress)) == len({job.key for job in first + second})  # shared jobs once
+
+
+def test_a_map_with_a_second_tuning_set_and_a_fixed_passes_arm_says_which_verdicts_hold(tmp_path, mnist_root):
+    folder = smoke(tmp_path, *SECOND, "map.rotate_degrees=[90]", "map.train_subsets=[200]", "experiment.ranks=[1]",
+                   "experiment.seeds=[3, 4]", "experiment.tuning_seeds=[1]", "map.second_tuning_seeds=[2]",
+                   run_name="map2")
+    report = json.loads((folder / "map.json").read_text())
+    assert report["family"] == 2  # the first tuning set's questions, both arms; set 2 asks them again
+    steps, passes = report["answers"]
+    assert (steps["passes"], passes["passes"]) == (None, 3)
+    for a in report["answers"]:
+        again = a["second_tuning"]
+        assert a["rates_agree"] == ((a["lora_lr"], a["dora_lr"]) == (again["lora_lr"], again["dora_lr"]))
+        assert a["settled"] == (a["verdict"] != "undecided" and again["verdict"] == a["verdict"])
+    assert summary_of(folder / "rotate90_n200")["methods"]["lora_r1"]["n_train"] == 200
+    assert summary_of(folder / "rotate90_n200_passes3")["methods"]["lora_r1"]["epochs"] == 3
+    assert "Rate stability" in (folder / "map.md").read_text()
