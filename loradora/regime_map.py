@@ -25,7 +25,7 @@ from loradora.files import write_atomic, write_json
 from loradora.per_image import HITS_FILE, ImageHits
 from loradora.plots import draw_map, load_summary, save_figure
 from loradora.run_folder import environment
-from loradora.stats import two_way_difference
+from loradora.stats import POWER, equivalence_rule, two_way_difference
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class Answer:
     new_images: dict                # stats.TwoWayDifference.to_dict, its ci adjusted for the whole map
     verdict: str                    # from the adjusted interval: dora, lora, tie or undecided
     raw_verdict: str                # the same from the 95% interval alone
-    seeds_needed: int | None        # undecided: the seeds that would settle it (None: none would)
+    seeds_needed: int | None        # undecided: the seeds that would settle it with 80% power (None: none would)
     passes: int | None = None       # the fixed-passes arm's epochs; None: finetune.steps batches
     second_tuning: dict | None = None  # the same question at the second tuning set's rates: lrs, mean, ci, verdict
 
@@ -200,11 +200,14 @@ def format_map(answers: list[Answer], report: dict) -> str:
                     f"| {a.lora_lr:g} / {a.dora_lr:g} | {a.new_images['mean']:+.3f} "
                     f"| [{a.this_test_set[0]:+.3f}, {a.this_test_set[1]:+.3f}] | [{ci95[0]:+.3f}, {ci95[1]:+.3f}] "
                     f"| [{ci[0]:+.3f}, {ci[1]:+.3f}] | {verdict} ({a.raw_verdict}) |")
-    level = f"{100 * (1 - 0.05 / max(report['family'], 1)):.4g}%"
+    confidence = 1 - 0.05 / max(report['family'], 1)
+    margin = report["config"]["experiment"]["margin"]
     return (f"DoRA − LoRA, test accuracy points, by cell and rank; adjusted: {report['adjustment']}, each at "
-            f"{level}, so that all hold together at 95%. The verdict reads the adjusted interval for new test "
-            f"images (dora or lora: it excludes zero on that side; tie: inside ±margin; undecided: neither, "
-            f"with the seeds that would settle it); (raw) reads the 95% one. Status: {report['status']}; "
+            f"{100 * confidence:.4g}%, so that all hold together at 95%. The verdict reads the adjusted interval "
+            f"for new test images (dora or lora: it excludes zero on that side; tie: "
+            f"{equivalence_rule(confidence, margin)} points; undecided: neither, with the seeds that would "
+            f"settle it with {100 * POWER:.0f}% power at the observed mean and spread); (raw) reads the 95% "
+            f"one (tie: TOST at 2.5% each). Status: {report['status']}; "
             f"{report['wall_seconds'] / 60:.1f} min on {report['environment']['device_name']} "
             f"({report['environment']['cpu_threads']} threads), torch {report['environment']['torch']}; "
             f"the same base in every cell: {report['same_bases']}.\n\n" + "\n".join(rows))

@@ -136,23 +136,129 @@ def paired_difference(a: list[float], b: list[float], comparisons: int = 1) -> P
     return PairedDifference(differences, mean, std, n, n - 1, t_adjusted, ci95, confidence, ci)
 
 
+POWER = 0.80  # the chance a planned number of seeds should have of deciding, were the observed effect true
+
+
+def equivalence_rule(confidence: float, margin: float) -> str:
+    """The equivalence rule in words, at the level actually used (Bonferroni changes it), so every
+    place that calls two methods equivalent names the same test."""
+    each = f"{100 * (1 - confidence) / 2:.3g}%"
+    return (f"equivalent: two one-sided tests (TOST) at {each} each, i.e. the {100 * confidence:.4g}% "
+            f"interval inside ±{margin:g}")
+
+
+def _normal_cdf(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2))
+
+
+def _over_the_sample_std(n: int, std: float, floor: float, confidence: float, chance) -> float:
+    """E[chance(half_width, sd)] over the sample std s of n normal differences, by Simpson's rule.
+
+    The decision rules read mean_hat against half_width = t_{n-1} * sqrt(s^2 / n + floor), and for
+    normal differences mean_hat ~ N(mean, sd^2) with sd = sqrt(std^2 / n + floor) is independent of s,
+    s = std * c / sqrt(n - 1) with c chi-distributed on n - 1 df. So the chance of deciding, given s,
+    is a normal probability, and its mean over c is the power: with floor 0 this is the noncentral t's
+    power written as one integral (exact, not an approximation; the quadrature's error is ~1e-10).
+    ``floor`` is taken as known, as seeds_needed takes it."""
+    df = n - 1
+    t = t_quantile(1 - (1 - confidence) / 2, df)
+    sd = math.sqrt(std ** 2 / n + floor)
+    centre = math.sqrt(df)  # c's density is near 0 beyond +-8 of here (its sd is at most 0.76)
+    low, high = max(0.0, centre - 8), centre + 8
+    steps = 256
+    width = (high - low) / steps
+    log_norm = (df / 2 - 1) * math.log(2) + math.lgamma(df / 2)
+    total = weight_sum = 0.0
+    for i in range(steps + 1):
+        c = low + i * width
+        if c == 0 and df > 1:
+            continue  # the density is 0 there
+        density = math.exp((df - 1) * math.log(c) - c * c / 2 - log_norm) if c > 0 else math.exp(-log_norm)
+        weight = (1 if i in (0, steps) else 4 if i % 2 else 2) * density
+        s = std * c / math.sqrt(df)
+        total += weight * chance(t * math.sqrt(s * s / n + floor), sd)
+        weight_sum += weight
+    return total / weight_sum  # normalised by the quadrature's own mass, so its error cancels
+
+
+def exclusion_power(mean: float, std: float, n: int, confidence: float = 0.95, floor: float = 0.0) -> float:
+    """The chance that n seeds' interval excludes zero when the true difference is ``mean`` and the
+    seeds' std is ``std``: the two-sided t test's power (the noncentral t's, for floor 0)."""
+    def chance(half_width: float, sd: float) -> float:
+        if sd == 0:
+            return float(abs(mean) > half_width)
+        return _normal_cdf((mean - half_width) / sd) + _normal_cdf((-mean - half_width) / sd)
+    return _over_the_sample_std(n, std, floor, confidence, chance)
+
+
+def equivalence_power(mean: float, std: float, n: int, margin: float, confidence: float = 0.95,
+                      floor: float = 0.0) -> float:
+    """The chance that n seeds' interval lies inside +-margin when the true difference is ``mean``:
+    the power of TOST, its two one-sided tests at (1 - confidence) / 2 each (exact over s, as Owen's
+    formula, not the 1 - beta1 - beta2 bound, which is poor at a few seeds)."""
+    def chance(half_width: float, sd: float) -> float:
+        upper, lower = margin - half_width, -margin + half_width  # where mean_hat must lie
+        if upper < lower:
+            return 0.0
+        if sd == 0:
+            return float(lower <= mean <= upper)
+        return _normal_cdf((upper - mean) / sd) - _normal_cdf((lower - mean) / sd)
+    return _over_the_sample_std(n, std, floor, confidence, chance)
+
+
+def _fewest_seeds(power_at, power: float, limit: int) -> int | None:
+    """The fewest n in [2, limit] with power_at(n) >= power, by doubling then bisection (both powers
+    rise with n: the interval narrows); None if even ``limit`` seeds fall short."""
+    if power_at(2) >= power:
+        return 2
+    if power_at(limit) < power:
+        return None
+    low, high = 2, 4  # power_at(low) < power <= power_at(high) once the doubling stops
+    while high < limit and power_at(high) < power:
+        low, high = high, min(2 * high, limit)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if power_at(middle) >= power else (middle, high)
+    return high
+
+
+def seeds_for_exclusion(mean: float, std: float, confidence: float = 0.95, floor: float = 0.0,
+                        power: float = POWER, limit: int = 100_000) -> int | None:
+    """The fewest seeds whose interval excludes zero with probability ``power`` at a true difference
+    ``mean`` (None: not below ``limit``, or mean 0)."""
+    return _fewest_seeds(lambda n: exclusion_power(mean, std, n, confidence, floor), power, limit)
+
+
+def seeds_for_equivalence(std: float, margin: float, confidence: float = 0.95, floor: float = 0.0,
+                          power: float = POWER, true_difference: float = 0.0, limit: int = 100_000) -> int | None:
+    """The fewest seeds whose interval lies inside +-margin (TOST) with probability ``power`` at a true
+    difference ``true_difference`` (0: the two methods the same). None where no number of seeds
+    does: the true difference is too near the margin, or the floor (the variance more seeds do not
+    shrink) alone leaves the interval too wide."""
+    return _fewest_seeds(lambda n: equivalence_power(true_difference, std, n, margin, confidence, floor),
+                         power, limit)
+
+
 def seeds_needed(mean: float, std: float, margin: float, confidence: float = 0.95, floor: float = 0.0,
-                 limit: int = 100_000) -> tuple[int, str] | None:
-    """The fewest seeds whose interval, at the observed mean and spread, would settle the question:
-    exclude zero (|mean| > half-width), or lie within +-margin (|mean| + half-width <= margin), with
-    half-width t_{n-1} * sqrt(std^2 / n + floor); with what it would show. ``floor`` is the variance
-    that more seeds do not shrink (for new test images, sigma_b^2 / I: ``TwoWayDifference``). None if
-    neither happens below ``limit`` seeds."""
-    quantile = 1 - (1 - confidence) / 2
-    n = 2
-    while n <= limit:
-        half_width = t_quantile(quantile, n - 1) * math.sqrt(std ** 2 / n + floor)
-        if abs(mean) > half_width:
-            return n, "exclude zero"
-        if abs(mean) + half_width <= margin:
-            return n, f"show equivalence within ±{margin:g}"
-        n = n + 1 if n < 100 else math.ceil(n * 1.05)  # the t quantile is flat by then
-    return None
+                 power: float = POWER, limit: int = 100_000) -> tuple[int, str] | None:
+    """The fewest seeds at which the decision rule settles the question with probability ``power``,
+    were the observed mean and spread the truth: its interval excludes zero (the two-sided t test's
+    power), or lies within +-margin (TOST's power at the observed mean), whichever needs fewer;
+    with what it would show. Half-width t_{n-1} * sqrt(std^2 / n + floor); ``floor`` is the variance
+    that more seeds do not shrink (for new test images, sigma_b^2 / I: ``TwoWayDifference``). None
+    if neither happens below ``limit`` seeds.
+
+    At 50% power (the interval expected at the observed mean just touching zero) the count is
+    about half as large. Example: decisive.yaml's shared-rate difference, +0.045 [-0.003, +0.093]
+    over 32 seeds (std 0.133), needed ~37 seeds by that count; at 80% power it needs 71
+    (the normal approximation ((z_0.975 + z_0.8) * std / mean)^2 says 69)."""
+    label = f"with {100 * power:.0f}% power"
+    candidates = []
+    if (n := seeds_for_exclusion(mean, std, confidence, floor, power, limit)) is not None:
+        candidates.append((n, f"exclude zero {label}"))
+    if (n := seeds_for_equivalence(std, margin, confidence, floor, power, mean, limit)) is not None:
+        candidates.append((n, f"show equivalence within ±{margin:g} {label}"))
+    return min(candidates, key=lambda candidate: candidate[0]) if candidates else None
 
 
 @dataclass
@@ -273,29 +379,34 @@ def verdict(difference: "PairedDifference | TwoWayDifference", a: str, b: str, m
             unit: str = "points") -> str:
     """The interval in plain words, naming what it holds for (its ``form``), one of three answers:
     ``a`` and ``b`` differ (the interval excludes zero); they are equivalent within ``margin`` (the
-    interval lies inside +-margin); or this many seeds cannot tell, with how many would, and where
-    the test images alone leave too wide an interval for equivalence, that no number of seeds can."""
+    interval lies inside +-margin: TOST, named by ``equivalence_rule``); or this many seeds cannot
+    tell, with how many would with 80% power at the observed mean and spread, and where the test
+    images alone leave too wide an interval for equivalence, that no number of seeds can."""
     low, high = difference.ci
     level = f"{100 * difference.confidence:.4g}%"
     adjusted = "" if difference.confidence == 0.95 else " (Bonferroni-adjusted for the comparisons made)"
     interval = f"the {level} interval {difference.form} [{low:+.2f}, {high:+.2f}]{adjusted}"
     seeds = f"{difference.n} seeds"
+    rule = f"({equivalence_rule(difference.confidence, margin)} {unit})"
     if difference.excludes_zero:
         better, worse = (a, b) if difference.mean > 0 else (b, a)
-        negligible = f", a difference within ±{margin:g} {unit}" if -margin <= low and high <= margin else ""
+        negligible = f", a difference within ±{margin:g} {unit} {rule}" if -margin <= low and high <= margin else ""
         return (f"{interval} excludes zero: over {seeds}, {better} scores higher than {worse} by "
                 f"{min(abs(low), abs(high)):.2f} to {max(abs(low), abs(high)):.2f} {unit}{negligible}.")
     if -margin <= low and high <= margin:
         return (f"{interval} lies within ±{margin:g} {unit}: over {seeds}, {a} and {b} are equivalent "
-                f"within {margin:g} {unit} {difference.form}.")
+                f"within {margin:g} {unit} {difference.form} {rule}.")
     needed = difference.seeds_needed(margin)
     more = (f"at the observed mean ({difference.mean:+.2f}) and spread (std {difference.std:.2f}), about "
             f"{needed[0]} seeds would {needed[1]}" if needed else
-            "no practical number of seeds would settle it at the observed mean and spread")
-    floor = math.sqrt(getattr(difference, "floor", 0.0))
-    if abs(difference.mean) < margin <= abs(difference.mean) + 1.96 * floor:  # the images, not the mean, forbid it
-        more += (f"; no number of seeds can show equivalence within ±{margin:g} {difference.form}: the "
-                 f"{difference.n_images:,} test images alone leave ±{1.96 * floor:.3f} {unit}")
+            f"no practical number of seeds would settle it with {100 * POWER:.0f}% power at the observed mean and spread")
+    floor = getattr(difference, "floor", 0.0)
+    if floor > 0 and seeds_for_equivalence(difference.std, margin, difference.confidence, floor) is None \
+            and seeds_for_equivalence(difference.std, margin, difference.confidence) is not None:
+        # the images, not the seeds, forbid it: without the floor some number of seeds would do
+        more += (f"; no number of seeds can show equivalence within ±{margin:g} {difference.form} with "
+                 f"{100 * POWER:.0f}% power, even were the true difference 0: the {difference.n_images:,} test images alone "
+                 f"leave ±{1.96 * math.sqrt(floor):.3f} {unit}")
     return (f"{interval} contains zero and reaches beyond ±{margin:g} {unit}: {seeds} cannot tell {a} "
             f"from {b}; {more}.")
 

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from loradora.stats import (fit_line, paired_difference, seeds_needed, spread, t_quantile_975, two_way_difference,
-                            two_way_intervals, verdict)
+from loradora.stats import (equivalence_power, equivalence_rule, exclusion_power, fit_line, paired_difference,
+                            seeds_for_equivalence, seeds_needed, spread, t_quantile, t_quantile_975,
+                            two_way_difference, two_way_intervals, verdict)
 
 # DoRA and LoRA accuracies over 5 seeds, chosen so the arithmetic is exact: differences
 # [0.1, 0.2, -0.2, 0.4, 0.0], mean 0.1, squared deviations 0 + .01 + .09 + .09 + .01 = 0.2,
@@ -157,3 +158,91 @@ def test_an_image_floor_makes_equivalence_unreachable_and_the_verdict_says_so():
     words = verdict(difference, "DoRA", "LoRA")
     assert "for new test images" in words and "no number of seeds can show equivalence" in words
     assert "2,000 test images alone leave" in words
+
+
+# ---- how many seeds would decide, at 80% power ----
+
+
+def test_exclusion_power_is_the_noncentral_t_power():
+    """R: power.t.test(n = 10, delta = 1, sd = 1, type = "one.sample") gives 0.8030969; at a true
+    difference of 0 the power is the test's size, 5%."""
+    assert exclusion_power(1.0, 1.0, 10) == pytest.approx(0.8030969, abs=1e-6)
+    assert exclusion_power(0.0, 1.0, 10) == pytest.approx(0.05, abs=1e-9)
+    assert exclusion_power(0.0, 1.0, 10, confidence=0.99) == pytest.approx(0.01, abs=1e-9)
+
+
+def decided_fraction(mean: float, std: float, n: int, margin: float, rule: str, floor: float = 0.0,
+                     repeats: int = 4000, seed: int = 0) -> float:
+    """The fraction of ``repeats`` simulated experiments of n seeds whose 95% interval decides by the
+    rule itself: the seeds' differences normal (mean, std), plus, with a floor, one image term
+    N(0, floor) shared by the seeds of an experiment (the same test images); the interval
+    mean_hat +- t_{n-1} * sqrt(s^2 / n + floor), as seeds_needed reads it."""
+    generator = torch.Generator().manual_seed(seed)
+    d = mean + std * torch.randn(repeats, n, generator=generator, dtype=torch.float64)
+    images = math.sqrt(floor) * torch.randn(repeats, generator=generator, dtype=torch.float64)
+    mean_hat = d.mean(1) + images
+    half_width = t_quantile(0.975, n - 1) * (d.var(1) / n + floor).sqrt()
+    if rule == "exclude zero":
+        decided = mean_hat.abs() > half_width
+    else:  # TOST: the interval inside +-margin
+        decided = (mean_hat - half_width >= -margin) & (mean_hat + half_width <= margin)
+    return float(decided.double().mean())
+
+
+# (mean, std, margin, floor): the shared-rate difference of decisive.yaml, a large effect at a few
+# seeds, a true tie, a small mean near the margin, and a two-way floor
+POWER_SETTINGS = [(0.045, 0.1331, 0.05, 0.0), (1.0, 1.0, 0.05, 0.0), (0.0, 0.1, 0.05, 0.0),
+                  (0.02, 0.1, 0.05, 0.0), (0.3, 1.0, 0.05, 0.004)]
+
+
+@pytest.mark.parametrize("mean, std, margin, floor", POWER_SETTINGS)
+def test_the_seeds_needed_decide_in_80_percent_of_simulated_experiments(mean, std, margin, floor):
+    """At the returned n, the decision rule applied to simulated seeds decides 80% of the time.
+    4,000 repeats: Monte Carlo standard error sqrt(0.8 * 0.2 / 4000) = 0.0063, allowed 3 of them,
+    plus the overshoot of the last seed (the power at n is at least 0.80, and the power at n - 1 is
+    below it). The old count, where the expected interval touches the bound, decides about half
+    the time and fails here."""
+    n, what = seeds_needed(mean, std, margin, floor=floor)
+    rule = "exclude zero" if what.startswith("exclude zero") else "equivalence"
+    computed = (exclusion_power if rule == "exclude zero" else
+                lambda m, s, k, confidence, f: equivalence_power(m, s, k, margin, confidence, f))
+    power_at_n, power_below = computed(mean, std, n, 0.95, floor), computed(mean, std, n - 1, 0.95, floor)
+    fraction = decided_fraction(mean, std, n, margin, rule, floor)
+    tolerance = 3 * math.sqrt(0.8 * 0.2 / 4000)
+    assert 0.80 - tolerance <= fraction <= power_at_n + tolerance, (n, what, fraction, power_at_n)
+    assert power_below < 0.80 <= power_at_n
+
+
+def test_equivalence_at_a_true_difference_of_zero():
+    """seeds_for_equivalence at true difference 0: TOST decides 80% of simulated experiments;
+    with a floor wider than the margin allows, no number of seeds does (None)."""
+    n = seeds_for_equivalence(0.2, 0.05)
+    assert equivalence_power(0.0, 0.2, n - 1, 0.05) < 0.80 <= equivalence_power(0.0, 0.2, n, 0.05)
+    fraction = decided_fraction(0.0, 0.2, n, 0.05, "equivalence", seed=1)
+    assert abs(fraction - 0.80) <= 3 * math.sqrt(0.8 * 0.2 / 4000) + equivalence_power(0.0, 0.2, n, 0.05) - 0.80
+    # +-0.05 needs the floor's own interval well inside it: (1.96 + 1.28) * sqrt(floor) <= 0.05
+    assert seeds_for_equivalence(0.2, 0.05, floor=(0.05 / 3.0) ** 2) is None
+    assert seeds_for_equivalence(0.2, 0.05, floor=(0.05 / 3.5) ** 2) is not None
+    assert seeds_for_equivalence(0.2, 0.05, true_difference=0.06) is None  # beyond the margin
+
+
+def test_seeds_needed_says_the_power_and_the_shared_rate_example_needs_about_twice_the_old_count():
+    """decisive.yaml's shared-rate difference, +0.045 [-0.003, +0.093] over 32 seeds: the old count
+    (the expected interval just excluding zero, ~50% power) said ~37 seeds; 80% power needs about
+    (z_0.975 + z_0.8)^2 / z_0.975^2 = 2.04 times as many."""
+    std = (0.093 - 0.045) / t_quantile(0.975, 31) * math.sqrt(32)
+    old = next(k for k in range(2, 1000) if t_quantile(0.975, k - 1) * std / math.sqrt(k) < 0.045)
+    n, what = seeds_needed(0.045, std, 0.05)
+    assert old == 37 and what == "exclude zero with 80% power"
+    assert 1.8 * old < n < 2.1 * old
+    assert exclusion_power(0.045, std, old) == pytest.approx(0.5, abs=0.03)
+
+
+def test_the_equivalence_rule_names_tost_at_the_level_used():
+    assert equivalence_rule(0.95, 0.05) == ("equivalent: two one-sided tests (TOST) at 2.5% each, i.e. the 95% "
+                                            "interval inside ±0.05")
+    assert "TOST) at 0.0446% each, i.e. the 99.91% interval" in equivalence_rule(1 - 0.05 / 56, 0.05)
+    tie = paired_difference([97.01, 97.00, 96.99, 97.00, 97.01, 96.99], [97.0] * 6)
+    assert equivalence_rule(0.95, 0.05) in verdict(tie, "DoRA", "LoRA", margin=0.05)
+    adjusted = paired_difference([97.01, 97.00, 96.99, 97.00, 97.01, 96.99], [97.0] * 6, comparisons=4)
+    assert equivalence_rule(1 - 0.05 / 4, 0.05) in verdict(adjusted, "DoRA", "LoRA", margin=0.05)

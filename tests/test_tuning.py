@@ -10,7 +10,7 @@ from loradora.config import ConfigError, load_config
 from loradora.data import Split, hold_out
 from loradora.experiment import aggregate, rate_sensitivity
 from loradora.plan import choose_rate, extended_rate, grid_edge
-from loradora.stats import paired_difference, seeds_needed, t_quantile, t_quantile_975, verdict
+from loradora.stats import exclusion_power, paired_difference, seeds_needed, t_quantile, t_quantile_975, verdict
 from helpers import method_result, seed_results
 
 # ---- the validation split ----
@@ -63,11 +63,11 @@ def test_an_undecided_interval_says_how_many_seeds_would_decide():
     difference = paired_difference(dora, lora)
     text = verdict(difference, "DoRA", "LoRA")
     n, outcome = seeds_needed(difference.mean, difference.std, 0.05)
-    assert outcome == "exclude zero" and f"about {n} seeds would exclude zero" in text
-    # at n the interval would exclude zero, at n - 1 not yet
-    half = lambda k: t_quantile(0.975, k - 1) * difference.std / k**0.5  # noqa: E731
-    assert half(n) < abs(difference.mean) <= half(n - 1)
-    assert seeds_needed(0.0, 0.1, 0.05)[1] == "show equivalence within ±0.05"
+    assert outcome == "exclude zero with 80% power" and f"about {n} seeds would exclude zero with 80% power" in text
+    # at n the interval would exclude zero with 80% power, at n - 1 not yet
+    assert exclusion_power(difference.mean, difference.std, n - 1) < 0.80 <= exclusion_power(
+        difference.mean, difference.std, n)
+    assert seeds_needed(0.0, 0.1, 0.05)[1] == "show equivalence within ±0.05 with 80% power"
 
 
 def test_t_quantiles_match_the_printed_table():
