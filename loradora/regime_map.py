@@ -26,6 +26,7 @@ from loradora.per_image import HITS_FILE, ImageHits
 from loradora.plots import draw_map, load_summary, save_figure
 from loradora.run_folder import environment
 from loradora.stats import POWER, equivalence_rule, two_way_difference
+from loradora.trends import design, fit_trends
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class Answer:
     seeds_needed: int | None        # undecided: the seeds that would settle it with 80% power (None: none would)
     passes: int | None = None       # the fixed-passes arm's epochs; None: finetune.steps batches
     second_tuning: dict | None = None  # the same question at the second tuning set's rates: lrs, mean, ci, verdict
+    per_seed: dict[int, float] = dataclasses.field(default_factory=dict)  # seed -> DoRA - LoRA, points (the trends')
 
     @property
     def rates_agree(self) -> bool | None:
@@ -114,9 +116,9 @@ def write_map(folder: Path, config: Config, names: list[str], wall: float) -> No
               "same_bases": same_bases(summaries.values()), "family": len(answers),
               "adjustment": f"Bonferroni over {len(answers)} comparisons (cells x ranks)",
               "answers": [{**dataclasses.asdict(a), "rates_agree": a.rates_agree, "settled": a.settled} for a in answers],
-              "config": to_dict(config)}
+              "trends": trends(answers), "config": to_dict(config)}
     write_json(folder / "map.json", report)
-    table = format_map(answers, report)
+    table = format_map(answers, report) + "\n\n" + format_trends(report["trends"])
     if config.map.second_tuning_seeds:
         table += "\n\n" + format_stability(answers, config)
     write_atomic(folder / "map.md", table + "\n")
@@ -141,7 +143,8 @@ def answer(folder: Path, summaries: dict[Cell, dict], margin: float) -> list[Ans
         if again in summaries and (second := ask(folder / again.name, summaries[again], pair, len(questions), margin)):
             first = dataclasses.replace(first, second_tuning={
                 "lora_lr": second.lora_lr, "dora_lr": second.dora_lr, "mean": second.new_images["mean"],
-                "ci": second.new_images["ci"], "verdict": second.verdict, "raw_verdict": second.raw_verdict})
+                "ci": second.new_images["ci"], "verdict": second.verdict, "raw_verdict": second.raw_verdict,
+                "per_seed": second.per_seed})
         answers.append(dataclasses.replace(first, rotate_degrees=cell.rotate_degrees, train_subset=cell.train_subset,
                                            passes=cell.passes))
     return answers
@@ -163,10 +166,44 @@ def ask(folder: Path, summary: dict, pair: tuple[str, str], family: int, margin:
         return None
     both = two_way_difference(hits.matrix(dora, seeds), hits.matrix(lora, seeds), comparisons=family)
     needed = both.seeds_needed(margin)
+    per_seed = 100 * (hits.matrix(dora, seeds).double().mean(dim=1) - hits.matrix(lora, seeds).double().mean(dim=1))
     return Answer(0.0, None, methods[lora].n_train, methods[dora].rank,
                   methods[lora].test_accuracy, methods[dora].test_accuracy, methods[lora].lr, methods[dora].lr,
                   summary["comparisons"][f"{dora} - {lora}"]["ci95"], both.to_dict(), short_verdict(both.ci, margin),
-                  short_verdict(both.ci95, margin), needed[0] if needed else None)
+                  short_verdict(both.ci95, margin), needed[0] if needed else None,
+                  per_seed=dict(zip(seeds, per_seed.tolist())))
+
+
+def trends(answers: list[Answer]) -> dict:
+    """DoRA - LoRA fitted on log2 rank, log2 size / 3, the angle and rank x angle, seed by seed, each
+    coefficient with its 95% interval over seeds (loradora/trends.py): per arm, and at the second
+    tuning set's rates where there is one. An arm with too few questions or seeds has none."""
+    fits = {}
+    steps, passes = ([a for a in answers if a.passes is None], [a for a in answers if a.passes is not None])
+    for name, arm, second in (("fixed steps", steps, False), ("fixed passes", passes, False),
+                              ("fixed steps, second tuning set", steps, True)):
+        rows = [a.second_tuning["per_seed"] if second else a.per_seed for a in arm if not second or a.second_tuning]
+        if not rows or len(rows) != len(arm):
+            continue
+        seeds = sorted(set().union(*rows))
+        differences = {seed: [row.get(seed) for row in rows] for seed in seeds}
+        plan = design(arm)
+        if len(plan.names) >= len(arm) or len(seeds) < 2:
+            continue  # as many columns as questions: nothing left to estimate a trend from
+        fits[name] = fit_trends(differences, plan).to_dict()
+    return fits
+
+
+def format_trends(fits: dict) -> str:
+    """Each arm's coefficients with their intervals and one-line readings."""
+    if not fits:
+        return "Trends: none fitted (too few questions or seeds)."
+    lines = ["Trends of DoRA − LoRA (test accuracy points), each seed's least-squares fit on log2 rank, "
+             "log2 size / 3, the angle and rank × angle; 95% t interval over seeds (loradora/trends.py):"]
+    for name, fit in fits.items():
+        lines.append(f"\n{name} ({fit['note']}):")
+        lines += [f"- {c['reading']}" for c in fit["coefficients"]]
+    return "\n".join(lines)
 
 
 def short_verdict(interval: tuple[float, float], margin: float) -> str:

@@ -2,6 +2,7 @@
 steps, and a map of cells whose every cell adapts the same base."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,20 @@ def test_a_map_answers_every_cell_and_rank_adjusted_for_them_all(tmp_path, mnist
     assert cell["tuning"]["lora_r1"]["n_validation"] == 300
     assert (folder / "map.png").exists() and (folder / "map.md").read_text().count("\n| 30° |") == 4
     assert "Bonferroni over 8 comparisons" in " ".join(out.split())
+    # the trends, each coefficient over the 3 seeds' own fits (issue 30): the map's per-seed differences
+    # fitted again here by ordinary least squares give the same mean coefficients
+    fit = report["trends"]["fixed steps"]
+    assert [c["name"] for c in fit["coefficients"]] == ["intercept", "log2(rank)", "log2(n_train)/3", "angle",
+                                                        "log2(rank) × angle"]
+    seeds = fit["seeds"]
+    assert seeds == [3, 4, 5]
+    x = torch.tensor([[1.0, math.log2(a["rank"]), math.log2(a["n_train"]) / 3, a["rotate_degrees"] == 90,
+                       math.log2(a["rank"]) * ((a["rotate_degrees"] == 90) - 0.5)] for a in answers], dtype=torch.float64)
+    d = torch.tensor([[a["per_seed"][str(seed)] for a in answers] for seed in seeds], dtype=torch.float64)
+    slopes = torch.linalg.lstsq(x, d.T).solution.mean(dim=1)  # uncentred: the slopes are the same
+    for j in (1, 2, 4):
+        assert fit["coefficients"][j]["estimate"] == pytest.approx(float(slopes[j]), abs=1e-9 * (1 + abs(float(slopes[j]))))
+    assert "Trends of DoRA − LoRA" in (folder / "map.md").read_text()
 
 
 SECOND = MAP + ["map.second_tuning_seeds=[6, 7]", "map.fixed_passes=3", "map.fixed_passes_degrees=[90]",
