@@ -8,6 +8,8 @@ holds the two to the same bits.
 
 ``MemberAdam`` gives each member of a population (dim 0 of every parameter) its own learning rate,
 which the fused kernel cannot: the update written out, with the rate broadcast over members.
+Both take a multiplier per parameter (per member, for MemberAdam): a part of an adapter at its own
+rate (variants.PartRates).
 
 Both keep torch's state layout, ``state[parameter] = {"step", "exp_avg", "exp_avg_sq"}``, so a
 population that drops a member can carry the others' moments over (population.PopulationStep.keep).
@@ -35,21 +37,26 @@ class _Adam:
 
 
 class FusedAdam(_Adam):
-    """Adam with one rate, one fused kernel per step over all parameters."""
+    """Adam with one rate, one fused kernel per step over all parameters; with ``scales`` (one per
+    parameter), parameter j at ``lr * scales[j]``: one kernel per distinct rate, as torch.optim.Adam
+    runs one per parameter group."""
 
-    def __init__(self, parameters: list[nn.Parameter], lr: float):
+    def __init__(self, parameters: list[nn.Parameter], lr: float, scales: list[float] | None = None):
         super().__init__(parameters)
         self.lr = lr
+        self.scales = scales or [1.0] * len(self.parameters)
 
     @torch.no_grad()
     def step(self) -> None:
-        params = [p for p in self.parameters if p.grad is not None]
-        states = [self.state.setdefault(p, {"step": torch.zeros((), dtype=torch.float32, device=p.device),
-                                            "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)})
-                  for p in params]
-        adam(params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-             [], [s["step"] for s in states], fused=True, amsgrad=False, beta1=BETAS[0], beta2=BETAS[1],
-             lr=self.lr, weight_decay=0.0, eps=EPS, maximize=False)  # the kernel counts the steps
+        for scale in dict.fromkeys(self.scales):
+            params = [p for p, s in zip(self.parameters, self.scales) if s == scale and p.grad is not None]
+            states = [self.state.setdefault(p, {"step": torch.zeros((), dtype=torch.float32, device=p.device),
+                                                "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)})
+                      for p in params]
+            if params:
+                adam(params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                     [], [s["step"] for s in states], fused=True, amsgrad=False, beta1=BETAS[0], beta2=BETAS[1],
+                     lr=self.lr * scale, weight_decay=0.0, eps=EPS, maximize=False)  # the kernel counts the steps
 
 
 class MemberAdam(_Adam):
@@ -60,9 +67,12 @@ class MemberAdam(_Adam):
     Tests hold it to torch's fused Adam member by member.
     """
 
-    def __init__(self, parameters: list[nn.Parameter], lrs: list[float]):
+    def __init__(self, parameters: list[nn.Parameter], lrs: list[float], scales: list[list[float]] | None = None):
+        """``scales[j][i]``: member i's multiplier of its rate for parameter j (None: all 1)."""
         super().__init__(parameters)
-        self.lrs = torch.tensor(lrs, dtype=self.parameters[0].dtype, device=self.parameters[0].device)
+        scales = scales or [[1.0] * len(lrs) for _ in self.parameters]
+        self.rates = {p: torch.tensor([lr * s for lr, s in zip(lrs, row)], dtype=p.dtype, device=p.device)
+                      for p, row in zip(self.parameters, scales)}
 
     @torch.no_grad()
     def step(self) -> None:
@@ -77,5 +87,5 @@ class MemberAdam(_Adam):
             state["exp_avg"].lerp_(p.grad, 1 - beta1)
             state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
             denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2**t)).add_(EPS)
-            step_size = (self.lrs / (1 - beta1**t)).view(-1, *[1] * (p.dim() - 1))
+            step_size = (self.rates[p] / (1 - beta1**t)).view(-1, *[1] * (p.dim() - 1))
             p.sub_(step_size * state["exp_avg"] / denom)

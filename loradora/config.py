@@ -134,6 +134,7 @@ class LoRAConfig(Section):
     alpha: float = 8.0
     scaling: str = "standard"
     dropout: float = 0.0
+    b_lr_ratio: float = 1.0
 
     def checks(self, config: "Config") -> list[Check]:
         limit = max_useful_rank(config.model.hidden_sizes)
@@ -143,12 +144,17 @@ class LoRAConfig(Section):
             ("alpha", self.alpha > 0, "a finite number > 0"),
             ("scaling", self.scaling in SCALINGS, f"one of {', '.join(SCALINGS)}"),
             ("dropout", 0 <= self.dropout < 1, "a number from 0 up to, not including, 1"),
+            ("b_lr_ratio", self.b_lr_ratio > 0, "a finite number > 0"),
         ]
 
 
 @dataclass
 class DoRAConfig(LoRAConfig):
     detach_norm: bool = True
+    magnitude_lr_ratio: float = 1.0
+
+    def checks(self, config: "Config") -> list[Check]:
+        return super().checks(config) + [("magnitude_lr_ratio", self.magnitude_lr_ratio > 0, "a finite number > 0")]
 
 
 @dataclass
@@ -157,6 +163,8 @@ class ExperimentConfig(Section):
     ranks: list[int] | None = None
     population: int | str = "auto"
     lrs: list[float] | None = None
+    b_lr_ratios: list[float] | None = None
+    magnitude_lr_ratios: list[float] | None = None
     tuning_seeds: list[int] | None = None
     tuning_overlap: bool = False
     extend_grid: bool = False
@@ -195,6 +203,10 @@ class ExperimentConfig(Section):
             ("tuning_seeds", tuning is None or (len(tuning) >= 1 and len(set(tuning)) == len(tuning)),
              "null or a non-empty list of distinct integers"),
             ("tuning_seeds", tuning is None or lrs is not None, "null unless experiment.lrs is set"),
+            *[(key, grid is None or (lrs is not None and len(grid) >= 1 and all(r > 0 for r in grid)
+                                     and len(set(grid)) == len(grid)),
+               "null, or with experiment.lrs a list of distinct multipliers > 0")
+              for key, grid in (("b_lr_ratios", self.b_lr_ratios), ("magnitude_lr_ratios", self.magnitude_lr_ratios))],
             ("tuning_seeds", lrs is None or self.tuning_overlap or tuning is not None,
              "a list of seeds apart from experiment.seeds, e.g. [101, 102, 103, 104, 105], to choose the rates "
              "(or experiment.tuning_overlap: true to tune on the compared seeds themselves)"),

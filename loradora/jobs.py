@@ -35,6 +35,7 @@ from loradora.plan import Job, Member, compared_seeds
 from loradora.population import member_step
 from loradora.results import MethodResult
 from loradora.run_folder import cpu_name
+from loradora.teachers import gain_recovery
 from loradora.training import MemberRun, evaluate, train_members
 
 # Every file whose code decides a job's results: the pretraining's (cache.SOURCES), and the
@@ -161,7 +162,8 @@ def train(job: Job, config: Config, members: list[phases.Tuned], data: Split, ou
                 members[i].tracker(step)
 
     tracked = any(member.tracker is not None for member in members)
-    runs = train_members(member_step(models, [m.lr for m in job.members], seeds, config.precision), data,
+    runs = train_members(member_step(models, [m.lr for m in job.members], seeds, config.precision,
+                                     [m.parts for m in job.members]), data,
                          subsets=seed_subsets(job, config, len(data)),
                          epochs=settings.epochs, batch_size=settings.batch_size,
                          generators=[torch.Generator().manual_seed(seed) for seed in seeds], log=log,
@@ -205,6 +207,11 @@ def score(job: Job, config: Config, position: tuple[Member, phases.Tuned, Member
                           epoch_records=run.epoch_records, **training)
     if job.stage == "pretrain":
         return MemberResult(scored.result, state=tuned.model.state_dict())
+    if config.finetune.task == "gain":  # how far the row gains moved towards the teacher's (docs/why.md)
+        base = base_model(config, data.bases[member.seed], data.scored.images.device)
+        phases.tagged(output, seed=member.seed, member=True)(
+            {"kind": "gain_recovery", "phase": member.variant.name,
+             **gain_recovery(tuned.model, base, config.finetune.teacher_seed)})
     first = (member.seed == compared_seeds(config)[0] and member.variant.rates == "tuned"
              and member.variant.method in ADAPTERS)  # its files are saved (artifacts.save_method)
     return MemberResult(scored.result, hits=scored.hits, state=tuned.model.state_dict() if first else None,

@@ -49,7 +49,7 @@ from loradora.stops import stop_on_signals
 from loradora.tasks import shift_split, task_label, taught, teachers_of
 from loradora.tensorboard import TensorBoardLog, TensorBoardUnavailable, require_tensorboard
 from loradora.training import evaluate, use_deterministic_algorithms
-from loradora.variants import NO_FINETUNE, finetune_variants
+from loradora.variants import NO_FINETUNE, finetune_variants, part_rates
 
 STAMP_FILE = "stamp.json"      # in jobs/: what the jobs' bits depend on besides the config (plan.Stamp)
 
@@ -514,15 +514,27 @@ def tune(run: Run, data: dict[str, CellData]) -> None:
     while planned := [job for cell in cells for job in run.plan.tuning_jobs(cell.name, run.progress)
                       if job.key not in done]:
         if done:
-            beyond = dict.fromkeys(f"{job.cell + ': ' if job.cell else ''}{m.variant.name} to {m.lr:g}"
-                                   for job in planned for m in job.members)
-            print(f"\n==== extending the grid past its edge: {', '.join(beyond)}")
+            print(f"\n==== another round: {', '.join(next_round(run, planned))}")
         for job, result in run.execute(planned, inputs):
             done.add(job.key)
             if job.key not in run.kept:
                 run.store.save(result)
     for cell in cells:
         choose_rates(run, cell, len(data[cell.name].task.validation))
+
+
+def next_round(run: Run, planned: list[Job]) -> list[str]:
+    """What a later round of tuning tries: a rate past the grid's edge (experiment.extend_grid), or
+    a pair of multipliers for the parts at the chosen rate (experiment.b_lr_ratios)."""
+    tried = []
+    for job in planned:
+        configured = run.cell(job.cell).config
+        for m in job.members:
+            cell = f"{job.cell}: " if job.cell else ""
+            parts = m.parts != part_rates(configured, m.variant)
+            tried.append(f"{cell}{m.variant.name} at {m.lr:g} with {m.parts.label}" if parts
+                         else f"{cell}{m.variant.name} past the grid's edge to {m.lr:g}")
+    return list(dict.fromkeys(tried))
 
 
 def choose_rates(run: Run, cell: Cell, n_validation: int) -> None:

@@ -20,6 +20,7 @@ Which rates fine-tuning uses depends on the tuning jobs' validation accuracies, 
 the plan reads (``Progress``).
 """
 
+import dataclasses
 import hashlib
 import json
 import statistics
@@ -27,7 +28,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from loradora.config import Config, to_dict
-from loradora.variants import PRETRAINED, Variant, finetune_variants, population_chunks, variant_groups
+from loradora.variants import (ONE_RATE, PRETRAINED, PartRates, Variant, finetune_variants, part_rates, population_chunks,
+                               variant_groups)
 
 STAGES = ("pretrain", "tune", "finetune")
 EXTEND_STEPS = 3  # experiment.extend_grid: at most this many rates past an edge (issue 19)
@@ -47,10 +49,12 @@ class Stamp:
 
 @dataclass(frozen=True)
 class Member:
-    """One model of a job: a variant (PRETRAINED for a base) of one seed, at one learning rate."""
+    """One model of a job: a variant (PRETRAINED for a base) of one seed, at one learning rate, with
+    its parts' multipliers of it (B's and DoRA's magnitude's)."""
     variant: Variant
     seed: int
     lr: float
+    parts: PartRates = ONE_RATE
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,8 @@ class Job:
     def names(self) -> list[str]:
         """Each member's phase: its variant's name, with its rate when it is tuned."""
         if self.stage == "tune":
-            return [f"{member.variant.name}@lr={member.lr:g}" for member in self.members]
+            return [f"{member.variant.name}@lr={member.lr:g}" + ("" if member.parts == ONE_RATE else f",{member.parts.label}")
+                    for member in self.members]
         return [member.variant.name for member in self.members]
 
 
@@ -113,7 +118,10 @@ def job_settings(config: Config, stage: str) -> dict:
 def job_key(stage: str, members: Sequence[Member], settings: dict, stamp: Stamp) -> str:
     inputs = {"stage": stage, "settings": settings, "code": stamp.code, "torch": stamp.torch,
               "members": [{"method": m.variant.method, "label": m.variant.label, "adapter": m.variant.adapter,
-                           "rates": m.variant.rates, "seed": m.seed, "lr": m.lr} for m in members]}
+                           "rates": m.variant.rates, "seed": m.seed, "lr": m.lr,
+                           # one rate for every part: the key it had before parts had rates of their own
+                           **({} if m.parts == ONE_RATE else {"parts": [m.parts.b, m.parts.magnitude]})}
+                          for m in members]}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -124,6 +132,19 @@ class Tuning:
     grids: dict[str, list[float]]                               # variant name -> its rates, sorted
     accuracies: dict[tuple[str, float], list[float | None]]     # (name, rate) -> per tuning seed
     base_grid: list[float]                                      # experiment.lrs, sorted
+    parts: dict[str, dict[PartRates, list[float | None]]] = dataclasses.field(default_factory=dict)
+    # name -> at its chosen rate, each pair of multipliers tried -> per tuning seed (experiment.b_lr_ratios)
+
+    def chosen_parts(self, name: str, configured: PartRates) -> PartRates:
+        """The multipliers with the best mean validation accuracy at the chosen rate (ties to the
+        smaller, the gentler); ``configured`` where none were tuned."""
+        if name not in self.parts:
+            return configured
+        mean = {parts: accuracy for parts, accuracy in mean_accuracies(self.parts[name]).items()}
+        finished = [parts for parts, accuracy in mean.items() if accuracy is not None]
+        if not finished:
+            return configured
+        return max(finished, key=lambda parts: (mean[parts], -parts.b, -parts.magnitude))
 
     def mean(self, name: str) -> dict[float, float | None]:
         return mean_accuracies({lr: self.accuracies[name, lr] for lr in self.grids[name]})
@@ -141,6 +162,14 @@ class Tuning:
                             "validation_accuracy": {f"{lr:g}": mean[lr] for lr in rates},
                             "validation_accuracies": {f"{lr:g}": self.accuracies[name, lr] for lr in rates},
                             "seeds": seeds, "compared_too": sorted(set(seeds) & set(compared_seeds(config)))}
+            if name in self.parts:
+                variant = next(v for v in finetune_variants(config) if v.name == name)
+                best = self.chosen_parts(name, part_rates(config, variant))
+                tuning[name]["parts"] = {
+                    "b_lr_ratio": best.b, "magnitude_lr_ratio": best.magnitude,
+                    "validation_accuracy": {parts.label: accuracy for parts, accuracy
+                                            in mean_accuracies(self.parts[name]).items()},
+                    "validation_accuracies": {parts.label: values for parts, values in self.parts[name].items()}}
         return tuning
 
 
@@ -208,15 +237,37 @@ class Plan:
                 break
             jobs = jobs + self.tune_jobs(cell, beyond)
             grids = {name: sorted(rates + beyond.get(name, [])) for name, rates in grids.items()}
-        return jobs, tuning
+        return self.part_search(cell, progress, jobs, tuning)
+
+    def part_search(self, cell: str, progress: Progress, jobs: list[Job], tuning: Tuning) -> tuple[list[Job], Tuning | None]:
+        """With experiment.b_lr_ratios or magnitude_lr_ratios, the rate search's last round: each
+        variant with parts at its chosen rate, at every pair of multipliers on the tuning seeds (the
+        configured pair is the rate search's own runs)."""
+        config = self.cells[cell]
+        grids = {variant.name: grid for variant in finetune_variants(config) if len(grid := part_grid(config, variant)) > 1}
+        if not grids:
+            return jobs, tuning
+        configured = {variant.name: part_rates(config, variant) for variant in finetune_variants(config)}
+        members = [Member(variant, seed, tuning.chosen(variant.name), parts) for group in variant_groups(config)
+                   for variant in group if variant.name in grids for parts in grids[variant.name]
+                   if parts != configured[variant.name] for seed in tuning_seeds(config)]
+        part_jobs = [job for group in variant_groups(config) for job in
+                     self.populations(cell, "tune", [m for m in members if m.variant in group])]
+        if any(job.key not in progress for job in part_jobs):
+            return jobs + part_jobs, None
+        accuracies = {name: {configured[name]: tuning.accuracies[name, tuning.chosen(name)]} for name in grids}
+        for job in part_jobs:
+            for member, accuracy in zip(job.members, progress[job.key]):
+                accuracies[member.variant.name].setdefault(member.parts, []).append(accuracy)
+        return jobs + part_jobs, dataclasses.replace(tuning, parts=accuracies)
 
     def tune_jobs(self, cell: str, grids: dict[str, list[float]]) -> list[Job]:
         """Each variant named in ``grids`` at each of its rates on every tuning seed, as populations."""
         config = self.cells[cell]
         return [job for group in variant_groups(config)
-                for job in self.populations(cell, "tune", [Member(variant, seed, lr) for variant in group
-                                                           if variant.name in grids for lr in grids[variant.name]
-                                                           for seed in tuning_seeds(config)])]
+                for job in self.populations(cell, "tune", [Member(variant, seed, lr, part_rates(config, variant))
+                                                           for variant in group if variant.name in grids
+                                                           for lr in grids[variant.name] for seed in tuning_seeds(config)])]
 
     def finetuning(self, cell: str, progress: Progress) -> list[Job]:
         """``cell``'s compared runs, once its rates are chosen: per population group (a method, at
@@ -227,16 +278,27 @@ class Plan:
         if rates is None:
             return []
         config, shared = self.cells[cell], self.cells[cell].finetune.lr
+        parts = self.parts(cell, progress)
         shared_too = bool(config.experiment.lrs) and config.experiment.shared_lr and set(rates.values()) != {shared}
         jobs = []
         for group in variant_groups(config):
-            jobs += self.populations(cell, "finetune", [Member(variant, seed, rates[variant.name]) for variant in group
-                                                        for seed in compared_seeds(config)])
+            jobs += self.populations(cell, "finetune", [Member(variant, seed, rates[variant.name], parts[variant.name])
+                                                        for variant in group for seed in compared_seeds(config)])
             if shared_too:
                 again = [variant.at_shared_rate() for variant in group if rates[variant.name] != shared]
-                jobs += self.populations(cell, "finetune", [Member(variant, seed, shared) for variant in again
-                                                            for seed in compared_seeds(config)])
+                jobs += self.populations(cell, "finetune", [Member(variant, seed, shared, part_rates(config, variant))
+                                                            for variant in again for seed in compared_seeds(config)])
         return jobs
+
+    def parts(self, cell: str, progress: Progress) -> dict[str, PartRates]:
+        """Each variant's multipliers: chosen on validation with experiment.b_lr_ratios or
+        magnitude_lr_ratios, as configured without (call once the search has ended)."""
+        config = self.cells[cell]
+        configured = {variant.name: part_rates(config, variant) for variant in finetune_variants(config)}
+        tuning = self.tuning(cell, progress) if config.experiment.lrs else None
+        if tuning is None:
+            return configured
+        return {name: tuning.chosen_parts(name, parts) for name, parts in configured.items()}
 
     def rates(self, cell: str, progress: Progress) -> dict[str, float] | None:
         """Each variant's rate: chosen on validation with experiment.lrs (None until the search
@@ -252,6 +314,18 @@ class Plan:
         settings = job_settings(config, stage)
         return [Job(stage, cell, tuple(chunk), job_key(stage, chunk, settings, self.stamp))
                 for chunk in population_chunks(members, config.experiment.population, self.stamp.device_type)]
+
+
+def part_grid(config: Config, variant: Variant) -> list[PartRates]:
+    """The multiplier pairs a variant tries at its chosen rate: B's (experiment.b_lr_ratios) for lora,
+    dora and direction, each with the magnitude's (experiment.magnitude_lr_ratios) for dora; its
+    configured pair alone where a list is null, or for a method without those parts."""
+    configured = part_rates(config, variant)
+    if configured == ONE_RATE and variant.method not in ("lora", "dora", "direction"):
+        return [configured]
+    b_grid = config.experiment.b_lr_ratios or [configured.b]
+    m_grid = (config.experiment.magnitude_lr_ratios or [configured.magnitude]) if variant.method == "dora" else [1.0]
+    return [PartRates(b, m) for b in b_grid for m in m_grid]
 
 
 def once(jobs: list[Job]) -> list[Job]:

@@ -39,6 +39,7 @@ from loradora.adapters import (DoRALinear, LoRALinear, applies_dropout, dora_for
                                dora_row_norm_expanded, linear, lora_forward, lora_output)
 from loradora.data import Split
 from loradora.training import MemberRun, OneModel, Step, products_in, train_members, widened
+from loradora.variants import ONE_RATE, PartRates
 
 NORMS = ("direct", "expanded")
 # The expanded norm, measured per member on the 2-core CPU (full epochs, rank 4,
@@ -303,14 +304,15 @@ def _same(values: list, what: str):
 
 
 def member_step(models: Sequence[nn.Module], lrs: Sequence[float], orders: Sequence[Hashable] | None = None,
-                precision: str = "fp32") -> Step:
+                precision: str = "fp32", parts: Sequence[PartRates] | None = None) -> Step:
     """How ``models`` train at once: one model alone, as itself (``training.OneModel``: a stack of
     one is slower, and would change its float32 bits); more, stacked as a population, sharing
     their first layer's work where ``orders`` (each member's batch order) allow (``SharedInput``).
-    ``precision``: see ``training.products_in``."""
+    ``precision``: see ``training.products_in``. ``parts``: each member's multipliers for B and m."""
     if len(models) == 1:
-        return OneModel(models[0], lrs[0], precision, None if orders is None else orders[0])
-    return PopulationStep(Population(models), list(lrs), orders, precision)
+        return OneModel(models[0], lrs[0], precision, None if orders is None else orders[0],
+                        parts[0] if parts else ONE_RATE)
+    return PopulationStep(Population(models), list(lrs), orders, precision, parts)
 
 
 def train_population(population: Population, data: Split, *, epochs: int, batch_size: int,
@@ -318,13 +320,13 @@ def train_population(population: Population, data: Split, *, epochs: int, batch_
                      log: Callable[[dict[int, dict]], None], log_every: int, max_loss: float = math.inf,
                      observe: Callable[[int, list[int]], None] | None = None,
                      observe_every: int | None = None, orders: Sequence[Hashable] | None = None,
-                     precision: str = "fp32") -> list[MemberRun]:
+                     precision: str = "fp32", parts: Sequence[PartRates] | None = None) -> list[MemberRun]:
     """``training.train_members`` for ``population``, at one rate ``lr`` or one per member: member i's
     records are those ``training.train`` would make for it alone, except that an epoch's
     ``seconds`` is the population's divided by its members. ``orders``, ``precision``: see
     ``PopulationStep``."""
     lrs = list(lr) if isinstance(lr, Sequence) else [lr] * len(population)
-    return train_members(PopulationStep(population, lrs, orders, precision), data, epochs=epochs, batch_size=batch_size,
+    return train_members(PopulationStep(population, lrs, orders, precision, parts), data, epochs=epochs, batch_size=batch_size,
                          generators=generators, log=log, log_every=log_every, max_loss=max_loss, observe=observe,
                          observe_every=observe_every)
 
@@ -342,17 +344,19 @@ class PopulationStep:
     """
 
     def __init__(self, population: Population, lrs: list[float], orders: Sequence[Hashable] | None = None,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", parts: Sequence[PartRates] | None = None):
         self.population, self.lrs, self.orders, self.precision = population, lrs, orders, precision
+        self.parts = list(parts) if parts else [ONE_RATE] * len(lrs)
         self.optimizer = self._optimizer()
         self.shared = SharedInput.find(population, orders) if orders is not None else None
         population.train()
 
     def _optimizer(self):
-        parameters = [p for p in self.population.parameters() if p.requires_grad]
-        if len(set(self.lrs)) == 1:
-            return FusedAdam(parameters, lr=self.lrs[0])
-        return MemberAdam(parameters, self.lrs)
+        trainable = [(name, p) for name, p in self.population.named_parameters() if p.requires_grad]
+        parameters = [p for _, p in trainable]
+        if len(set(self.lrs)) == 1 and len(set(self.parts)) == 1:
+            return FusedAdam(parameters, lr=self.lrs[0], scales=[self.parts[0].of(name) for name, _ in trainable])
+        return MemberAdam(parameters, self.lrs, [[part.of(name) for part in self.parts] for name, _ in trainable])
 
     def __len__(self) -> int:
         return len(self.population)
@@ -387,7 +391,7 @@ class PopulationStep:
         old.write_back()
         old_parameters = [p for p in old.parameters() if p.requires_grad]
         self.population = Population([old.members[j] for j in rows], norm=_norm(old))
-        self.lrs = [self.lrs[j] for j in rows]
+        self.lrs, self.parts = [self.lrs[j] for j in rows], [self.parts[j] for j in rows]
         self.optimizer = self._optimizer()
         if self.orders is not None:
             self.orders = [self.orders[j] for j in rows]

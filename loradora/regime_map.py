@@ -16,10 +16,12 @@ and map.png (the heatmap).
 """
 
 import dataclasses
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from loradora.config import Config, MapConfig, resolve_device, to_dict, validate
+from loradora.config import Config, MapConfig, load_config, resolve_device, to_dict, validate
 from loradora.experiment import adapter_pairs
 from loradora.files import write_atomic, write_json
 from loradora.per_image import HITS_FILE, ImageHits
@@ -106,13 +108,14 @@ def cells(settings: MapConfig) -> list[Cell]:
     return first + second
 
 
-def write_map(folder: Path, config: Config, names: list[str], wall: float) -> None:
+def write_map(folder: Path, config: Config, names: list[str], wall: float, machine: dict | None = None) -> None:
     """The map over its finished cells (each a run in ``folder``/<name>): map.json, map.md and
-    map.png in ``folder``, and its table on the console."""
+    map.png in ``folder``, and its table on the console. ``machine``: the environment the cells
+    ran in (None: this one)."""
     summaries = {cell: load_summary(folder / cell.name) for cell in cells(config.map) if cell.name in names}
     answers = answer(folder, summaries, config.experiment.margin)
     report = {"status": "complete", "cells": names, "wall_seconds": wall,
-              "environment": environment(resolve_device(config.device)),
+              "environment": machine or environment(resolve_device(config.device)),
               "same_bases": same_bases(summaries.values()), "family": len(answers),
               "adjustment": f"Bonferroni over {len(answers)} comparisons (cells x ranks)",
               "answers": [{**dataclasses.asdict(a), "rates_agree": a.rates_agree, "settled": a.settled} for a in answers],
@@ -278,3 +281,19 @@ def format_stability(answers: list[Answer], config: Config) -> str:
             f"they differ. Both sets chose the same rates in {agree} of {asked} questions; the verdict was "
             f"the same in {same} of {asked}. A verdict is settled only where it decides and set 2 agrees.\n\n"
             + "\n".join(rows))
+
+
+def rewrite(folder: Path) -> None:
+    """A finished map's map.json, map.md and map.png written again from its cells' summaries and
+    test_correct.pt, by this code's analysis (a new trend fit or table needs no retraining); its
+    wall time and machine are kept from its map.json."""
+    config = load_config(folder / "config.yaml")
+    before = json.loads((folder / "map.json").read_text())
+    names = [cell.name for cell in cells(config.map) if (folder / cell.name / "summary.json").exists()]
+    write_map(folder, config, names, before["wall_seconds"], before["environment"])
+
+
+if __name__ == "__main__":  # python -m loradora.regime_map results/<map>
+    if len(sys.argv) != 2 or not (Path(sys.argv[1]) / "map.json").exists():
+        sys.exit("usage: python -m loradora.regime_map <a finished map's folder, with its map.json>")
+    rewrite(Path(sys.argv[1]))

@@ -63,6 +63,14 @@ def format_tuning(tuning: dict) -> str:
     if extended:
         text += "\n" + textwrap.fill(f"Extended past the grid's edge (experiment.extend_grid): {', '.join(extended)}; "
                                      f"'-': a rate that variant did not need.", width=100)
+    parts = [f"{name} λB={result['parts']['b_lr_ratio']:g}, λm={result['parts']['magnitude_lr_ratio']:g} ("
+             + ", ".join(f"{pair} {'diverged' if accuracy is None else f'{accuracy:.2f}%'}"
+                         for pair, accuracy in result["parts"]["validation_accuracy"].items()) + ")"
+             for name, result in tuning.items() if result.get("parts")]
+    if parts:
+        text += "\n" + textwrap.fill(f"Multipliers of the chosen rate for B (λB) and DoRA's magnitude (λm), chosen on the "
+                                     f"same validation images (experiment.b_lr_ratios, magnitude_lr_ratios): "
+                                     f"{'; '.join(parts)}.", width=100)
     at_edge = [f"{name} ({result['edge']})" for name, result in tuning.items() if result.get("edge")]
     if at_edge:
         text += "\n" + textwrap.fill(f"Chosen at the grid's edge: {', '.join(at_edge)}. The best rate may lie beyond "

@@ -16,6 +16,9 @@ every device.
 """
 
 import copy
+import json
+import sys
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -81,3 +84,77 @@ def turn_teacher(base: nn.Module, seed: int) -> nn.Module:
 
 
 TEACHERS = {"gain": gain_teacher, "turn": turn_teacher}
+
+
+@torch.no_grad()
+def gain_recovery(model: nn.Module, base: nn.Module, seed: int) -> dict:
+    """How far fine-tuning on the gain task moved each row's gain towards the teacher's: the
+    least-squares slope of log(learnt gain) on log(c) over every row of every layer (1: the gains
+    recovered exactly; 0: none moved with c), and per layer. A row's learnt gain is
+    ||W'_row|| / ||W0_row||, W' the adapted weight as merged (adapters' ``merged_weight``), c the
+    teacher's factor (``gain_factors``, drawn from the teacher ``seed``)."""
+    learnt = [row_norms(_weight(layer)) / row_norms(base_layer.weight) for layer, base_layer
+              in zip(_adapted_layers(model), linear_layers(base))]
+    factors = gain_factors(base, seed)
+    slopes = [_slope(torch.log(c.double()), torch.log(g.double())) for c, g in zip(factors, learnt)]
+    return {"slope": _slope(torch.log(torch.cat(factors).double()), torch.log(torch.cat(learnt).double())),
+            "per_layer": slopes}
+
+
+def _adapted_layers(model: nn.Module) -> list[nn.Module]:
+    """Each linear layer of ``model`` in order, as an adapter where it has one (its base inside)."""
+    layers = []
+    for module in model.modules():
+        if hasattr(module, "merged_weight"):
+            layers.append(module)
+        elif type(module) is nn.Linear and not any(module is getattr(m, "base", None) for m in layers):
+            layers.append(module)
+    return layers
+
+
+def _weight(layer: nn.Module) -> torch.Tensor:
+    return layer.merged_weight() if hasattr(layer, "merged_weight") else layer.weight
+
+
+def _slope(x: torch.Tensor, y: torch.Tensor) -> float:
+    x = x - x.mean()
+    return float((x * (y - y.mean())).sum() / (x * x).sum())
+
+
+def recovered_gains(run: Path) -> dict[str, dict[int, float]]:
+    """Per phase, each seed's ``gain_recovery`` slope, from a gain run's metrics.jsonl."""
+    slopes: dict[str, dict[int, float]] = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["kind"] == "gain_recovery":
+            slopes.setdefault(record["phase"], {})[record["seed"]] = record["slope"]
+    return slopes
+
+
+def report_recovery(runs: list[Path]) -> str:
+    """Each run's slopes per phase, mean with its 95% t interval over seeds; with two runs, each
+    phase they share as a paired difference (second - first), paired by seed."""
+    from loradora.stats import paired_difference, t_quantile_975  # the CLI's, not the teachers'
+
+    lines, slopes = [], [recovered_gains(run) for run in runs]
+    for run, phases in zip(runs, slopes):
+        for phase, by_seed in phases.items():
+            values = list(by_seed.values())
+            mean = sum(values) / len(values)
+            half = (t_quantile_975(len(values) - 1) * (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+                    / len(values) ** 0.5) if len(values) > 1 else float("nan")
+            lines.append(f"{run}: {phase}: slope of log(learnt gain) on log(c) {mean:.3f} "
+                         f"[{mean - half:.3f}, {mean + half:.3f}] over {len(values)} seeds")
+    if len(runs) == 2:
+        for phase in slopes[0].keys() & slopes[1].keys():
+            seeds = sorted(slopes[0][phase].keys() & slopes[1][phase].keys())
+            if len(seeds) >= 2:
+                d = paired_difference([slopes[1][phase][s] for s in seeds], [slopes[0][phase][s] for s in seeds])
+                lines.append(f"{phase}: second run - first, paired by seed: {d.mean:+.3f} [{d.ci95[0]:+.3f}, {d.ci95[1]:+.3f}]")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m loradora.teachers results/<gain run> [results/<another>]
+    if not 2 <= len(sys.argv) <= 3:
+        sys.exit("usage: python -m loradora.teachers <gain run folder> [<another, paired by seed>]")
+    print(report_recovery([Path(arg) for arg in sys.argv[1:]]))

@@ -32,7 +32,7 @@ MEANINGS = {
     "log2(rank)": ("per doubling of rank", "changes by", "rising", "falling", "no trend shown"),
     "log2(n_train)/3": ("per ×8 of fine-tuning images", "changes by", "rising", "falling", "no trend shown"),
     "angle": ("{high}° against {low}°", "differs by", "higher at {high}°", "lower at {high}°", "no difference shown"),
-    "log2(rank) × angle": ("per doubling of rank, at {high}° against {low}°", "the slope differs by",
+    "log2(rank) × angle": ("per doubling of rank, at {high}° against {low}°", "rises more by",
                            "the rank slope larger at {high}°", "the rank slope smaller at {high}°",
                            "no difference in the rank slope shown"),
 }

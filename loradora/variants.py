@@ -48,9 +48,46 @@ class Variant:
                 "s": lora_scaling(rank, alpha, scaling), "rates": rates}
 
 
+@dataclass(frozen=True)
+class PartRates:
+    """Multipliers of a member's learning rate for two parts of an adapter: B (LoRA+, Hayou et al.
+    2024: B learns faster than A) and DoRA's magnitude m. A, and every other trainable weight, keep
+    the rate itself. (1, 1): one rate for all, the paper's setting and PEFT's."""
+    b: float = 1.0
+    magnitude: float = 1.0
+
+    def of(self, parameter_name: str) -> float:
+        """The multiplier of a parameter, by its name (adapters.LoRALinear.lora_B, DoRALinear.magnitude,
+        and their stacked forms in a population)."""
+        leaf = parameter_name.rsplit(".", 1)[-1]
+        return self.b if leaf == "lora_B" else self.magnitude if leaf == "magnitude" else 1.0
+
+    @property
+    def label(self) -> str:
+        return f"λB={self.b:g},λm={self.magnitude:g}"
+
+
+ONE_RATE = PartRates()
+
+
+def part_rates(config, variant: "Variant") -> PartRates:
+    """A variant's multipliers as configured (lora.b_lr_ratio; dora.b_lr_ratio, dora.magnitude_lr_ratio).
+    The magnitude alone trains only m, so its multiplier would only rescale its rate, which is tuned
+    itself: it keeps one rate. Full and head fine-tuning have no parts."""
+    if variant.method not in ("lora", "dora", "direction"):
+        return ONE_RATE
+    section = config.lora if variant.method == "lora" else config.dora
+    return PartRates(section.b_lr_ratio, getattr(section, "magnitude_lr_ratio", 1.0) if variant.method == "dora" else 1.0)
+
+
 RATE_FAMILIES = ("tuned", "shared")
 PRETRAINED = Variant(None, label="pretrained")     # the base: every weight trained on plain MNIST
 NO_FINETUNE = Variant(None, label="no_finetune")   # that base scored on a shifted task, before fine-tuning
+
+
+# Keys of the lora and dora sections that say how an adapter trains, not what it is: the member
+# carries them (PartRates), the adapter's layers never see them.
+TRAINING_KEYS = ("b_lr_ratio", "magnitude_lr_ratio")
 
 
 def finetune_variants(config) -> list[Variant]:
@@ -64,7 +101,8 @@ def finetune_variants(config) -> list[Variant]:
         if method not in ADAPTER_METHODS:
             variants.append(Variant(method))
             continue
-        settings = dataclasses.asdict(getattr(config, ADAPTER_SECTIONS[method]))
+        settings = {key: value for key, value in dataclasses.asdict(getattr(config, ADAPTER_SECTIONS[method])).items()
+                    if key not in TRAINING_KEYS}
         if ranks is None or method == "magnitude":
             variants.append(Variant(method, settings))
         else:

@@ -121,11 +121,13 @@ def under(folder: Path):
     return lambda path: path == folder or folder in path.parents
 
 
-def reference_losses(model: nn.Module, data, seed: int, epochs: int, lr: float, batch_size: int) -> list[float]:
+def reference_losses(model: nn.Module, data, seed: int, epochs: int, lr: float, batch_size: int,
+                     groups: list[dict] | None = None) -> list[float]:
     """Every batch loss of the plainest training loop: torch's own Adam (its fused kernel, the one
     loradora's FusedAdam calls) on cross-entropy, in the batch order ``data.shuffled_batches`` draws
-    from ``seed``. Nothing of loradora.training runs in it: an oracle for the loop, not a copy."""
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, fused=True)
+    from ``seed``. Nothing of loradora.training runs in it: an oracle for the loop, not a copy.
+    ``groups``: torch's parameter groups, each at its own rate, instead of every parameter at ``lr``."""
+    optimizer = torch.optim.Adam(groups or [p for p in model.parameters() if p.requires_grad], lr=lr, fused=True)
     generator = torch.Generator().manual_seed(seed)
     model.train()
     losses = []

@@ -33,9 +33,10 @@ RANGE_CHECKED = {
     "pretrain.epochs", "pretrain.batch_size", "pretrain.lr", "pretrain.max_loss",
     "finetune.epochs", "finetune.batch_size", "finetune.lr", "finetune.max_loss", "finetune.methods",
     "finetune.task", "finetune.steps", "finetune.train_subset", "finetune.validation_size",
-    "lora.rank", "lora.alpha", "lora.scaling", "lora.dropout",
-    "dora.rank", "dora.alpha", "dora.scaling", "dora.dropout",
+    "lora.rank", "lora.alpha", "lora.scaling", "lora.dropout", "lora.b_lr_ratio",
+    "dora.rank", "dora.alpha", "dora.scaling", "dora.dropout", "dora.b_lr_ratio", "dora.magnitude_lr_ratio",
     "experiment.seeds", "experiment.ranks", "experiment.population", "experiment.lrs", "experiment.tuning_seeds",
+    "experiment.b_lr_ratios", "experiment.magnitude_lr_ratios", "map.second_tuning_seeds", "map.fixed_passes",
     "experiment.margin", "experiment.launcher",
     "analysis.every_n_batches", "cache.dir", "log.every_n_batches", "output.dir", "output.run_name", "map.rotate_degrees",
     "ray.address",
@@ -82,8 +83,8 @@ def test_a_subclass_checks_what_its_parent_does_first(parent, child):
     assert declared(child())[:len(inherited)] == inherited
 
 
-def test_dora_adds_no_check_of_its_own():
-    assert declared(DoRAConfig()) == declared(LoRAConfig())
+def test_dora_adds_one_check_of_its_own_the_magnitudes_rate():
+    assert declared(DoRAConfig()) == declared(LoRAConfig()) + [("magnitude_lr_ratio", "a finite number > 0")]
 
 
 @pytest.mark.parametrize("parent,child", PAIRS)

@@ -83,3 +83,24 @@ def test_dora_direction_at_rank_2_with_m_kept_reproduces_the_turn_teacher():
             layer.lora_A.copy_(right[:TURN_RANK])
             assert torch.equal(layer.magnitude, row_norms(layer.base.weight))
     assert_same_logits(adapted(x), teacher(x))
+
+
+def test_gain_recovery_is_one_where_the_gains_are_the_teachers_and_zero_at_the_base():
+    """docs/why.md's fourth prediction reads this slope: 1 where every row's gain is the teacher's
+    c (DoRA's magnitude set to c * ||W0||, B = 0), 0 where no gain moved (an adapter at init), and
+    half-way for gains moved half-way in log."""
+    from loradora.teachers import gain_recovery
+
+    torch.manual_seed(0)
+    base = MLP((16, 24))
+    model = add_adapters(copy.deepcopy(base), "dora", 4, 8.0)
+    assert abs(gain_recovery(model, base, seed=5)["slope"]) < 1e-6
+    with torch.no_grad():
+        for layer, magnitude in zip(adapter_layers(model).values(), gain_magnitudes(base, 5)):
+            layer.magnitude.copy_(magnitude)
+    recovered = gain_recovery(model, base, seed=5)
+    assert abs(recovered["slope"] - 1) < 1e-5 and all(abs(s - 1) < 1e-5 for s in recovered["per_layer"])
+    with torch.no_grad():
+        for layer, c, base_layer in zip(adapter_layers(model).values(), gain_factors(base, 5), linear_layers(base)):
+            layer.magnitude.copy_(c.sqrt() * row_norms(base_layer.weight))
+    assert abs(gain_recovery(model, base, seed=5)["slope"] - 0.5) < 1e-5
