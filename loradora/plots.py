@@ -266,7 +266,7 @@ def draw_rate_sensitivity(summary: dict) -> Figure:
 VERDICT_MARKS = {"dora": "DoRA ahead", "lora": "LoRA ahead", "tie": "tie", "undecided": "undecided"}
 
 
-def draw_map(answers: list, margin: float) -> Figure:
+def draw_map(answers: list, margin: float, family: int | None = None) -> Figure:
     """The regime map (regime_map.py): one panel per angle, fine-tuning set size by rank, each cell
     coloured by DoRA - LoRA (red: DoRA ahead, blue: LoRA ahead, on one scale for every panel) and
     labelled with its mean, its interval for new test images adjusted for the whole map, and the
@@ -294,8 +294,8 @@ def draw_map(answers: list, margin: float) -> Figure:
         ax.set_title(f"rotated {angle:g}°")
     axes[0].set_ylabel("fine-tuning images")
     figure.colorbar(image, ax=list(axes), label="DoRA − LoRA, test accuracy points")
-    figure.suptitle(f"DoRA − LoRA by cell: mean, interval for new test images (Bonferroni over {len(answers)}), "
-                    f"verdict (tie: inside ±{margin:g})", fontsize=10)
+    figure.suptitle(f"DoRA − LoRA by cell: mean, interval for new test images (Bonferroni over {family or len(answers)}), "
+                    f"verdict (tie: the interval inside ±{margin:g}, TOST at its level)", fontsize=10)
     return figure
 
 

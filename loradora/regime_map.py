@@ -127,7 +127,7 @@ def write_map(folder: Path, config: Config, names: list[str], wall: float, machi
     write_atomic(folder / "map.md", table + "\n")
     steps_arm = [a for a in answers if a.passes is None]
     if steps_arm:
-        save_figure(draw_map(steps_arm, config.experiment.margin), folder / "map.png")
+        save_figure(draw_map(steps_arm, config.experiment.margin, len(answers)), folder / "map.png")
     print("\n" + table + f"\n\nmap: {folder}/ ({wall / 60:.1f} min)")
 
 
@@ -177,14 +177,24 @@ def ask(folder: Path, summary: dict, pair: tuple[str, str], family: int, margin:
                   per_seed=dict(zip(seeds, per_seed.tolist())))
 
 
+# The ranks of the DoRA paper's rank-robustness study (Liu et al. 2024: ranks 4 to 64): a
+# trend over the map's whole range can come from its low ranks alone, so it is fitted within these too.
+PAPER_RANKS = (4, 64)
+
+
 def trends(answers: list[Answer]) -> dict:
     """DoRA - LoRA fitted on log2 rank, log2 size / 3, the angle and rank x angle, seed by seed, each
     coefficient with its 95% interval over seeds (loradora/trends.py): per arm, and at the second
     tuning set's rates where there is one. An arm with too few questions or seeds has none."""
     fits = {}
     steps, passes = ([a for a in answers if a.passes is None], [a for a in answers if a.passes is not None])
+    low, high = PAPER_RANKS
+    papers = [a for a in steps if low <= a.rank <= high]
+    papers = papers if len(papers) < len(steps) else []  # only where the map reaches outside that range
     for name, arm, second in (("fixed steps", steps, False), ("fixed passes", passes, False),
-                              ("fixed steps, second tuning set", steps, True)):
+                              ("fixed steps, second tuning set", steps, True),
+                              (f"fixed steps, ranks {low} to {high}", papers, False),
+                              (f"fixed steps, ranks {low} to {high}, second tuning set", papers, True)):
         rows = [a.second_tuning["per_seed"] if second else a.per_seed for a in arm if not second or a.second_tuning]
         if not rows or len(rows) != len(arm):
             continue
