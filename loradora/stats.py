@@ -401,7 +401,10 @@ def verdict(difference: "PairedDifference | TwoWayDifference", a: str, b: str, m
             f"{needed[0]} seeds would {needed[1]}" if needed else
             f"no practical number of seeds would settle it with {100 * POWER:.0f}% power at the observed mean and spread")
     floor = getattr(difference, "floor", 0.0)
-    if floor > 0 and seeds_for_equivalence(difference.std, margin, difference.confidence, floor) is None \
+    at_zero = seeds_for_equivalence(difference.std, margin, difference.confidence, floor)
+    if at_zero is not None and (needed is None or "equivalence" not in needed[1]):
+        more += f"; were the true difference 0, about {at_zero} seeds would show equivalence with {100 * POWER:.0f}% power"
+    if floor > 0 and at_zero is None \
             and seeds_for_equivalence(difference.std, margin, difference.confidence) is not None:
         # the images, not the seeds, forbid it: without the floor some number of seeds would do
         more += (f"; no number of seeds can show equivalence within ±{margin:g} {difference.form} with "
