@@ -8,13 +8,12 @@ of each variant pooled over seeds.
 """
 
 import dataclasses
-import math
 import statistics
 
 from loradora.analysis import DecompositionPoint, DecompositionTracker, fit_decomposition, unavailable_reason
 from loradora.results import MethodResult, SeedResults, aggregate_method
 from loradora.per_image import ImageHits
-from loradora.stats import paired_difference, spread, t_quantile_975, two_way_difference, verdict
+from loradora.stats import over_seeds, paired_difference, two_way_difference, verdict
 from loradora.variants import RATE_FAMILIES
 
 
@@ -166,15 +165,6 @@ def pool_decomposition(runs: list[SeedResults]) -> tuple[dict, dict]:
                         "slope_over_seeds": over_seeds([slope for slope in slopes if slope is not None]),
                         "per_layer": per_layer_lines(points)}
     return pooled, unavailable
-
-
-def over_seeds(values: list[float]) -> dict | None:
-    """Mean of per-seed values with its 95% t interval; None with fewer than 2."""
-    if len(values) < 2:
-        return None
-    summary = spread(values)
-    half_width = t_quantile_975(len(values) - 1) * summary.std / math.sqrt(len(values))
-    return {"mean": summary.mean, "ci95": [summary.mean - half_width, summary.mean + half_width], "n": len(values)}
 
 
 def per_layer_lines(points: list[DecompositionPoint]) -> dict:

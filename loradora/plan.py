@@ -28,8 +28,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from loradora.config import Config, to_dict
-from loradora.variants import (ONE_RATE, PRETRAINED, PartRates, Variant, finetune_variants, part_rates, population_chunks,
-                               variant_groups)
+from loradora.variants import (ONE_RATE, PRETRAINED, WITH_B, PartRates, Variant, finetune_variants, part_rates,
+                               population_chunks, variant_groups)
 
 STAGES = ("pretrain", "tune", "finetune")
 EXTEND_STEPS = 3  # experiment.extend_grid: at most this many rates past an edge (issue 19)
@@ -140,7 +140,7 @@ class Tuning:
         smaller, the gentler); ``configured`` where none were tuned."""
         if name not in self.parts:
             return configured
-        mean = {parts: accuracy for parts, accuracy in mean_accuracies(self.parts[name]).items()}
+        mean = mean_accuracies(self.parts[name])
         finished = [parts for parts, accuracy in mean.items() if accuracy is not None]
         if not finished:
             return configured
@@ -321,7 +321,7 @@ def part_grid(config: Config, variant: Variant) -> list[PartRates]:
     dora and direction, each with the magnitude's (experiment.magnitude_lr_ratios) for dora; its
     configured pair alone where a list is null, or for a method without those parts."""
     configured = part_rates(config, variant)
-    if configured == ONE_RATE and variant.method not in ("lora", "dora", "direction"):
+    if variant.method not in WITH_B:
         return [configured]
     b_grid = config.experiment.b_lr_ratios or [configured.b]
     m_grid = (config.experiment.magnitude_lr_ratios or [configured.magnitude]) if variant.method == "dora" else [1.0]

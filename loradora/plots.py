@@ -253,7 +253,7 @@ def draw_rate_sensitivity(summary: dict) -> Figure:
     right.axhline(0, color="black", linewidth=0.8)
     for ax, ylabel, title in [
             (left, "validation accuracy (%)", f"Validation accuracy by rate (mean of {n_seeds} tuning seeds)"),
-            (right, "DoRA - LoRA (points)", f"DoRA - LoRA by rate, paired by seed\n95% t interval each, unadjusted")]:
+            (right, "DoRA - LoRA (points)", "DoRA - LoRA by rate, paired by seed\n95% t interval each, unadjusted")]:
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")
         ax.set_ylabel(ylabel)

@@ -83,6 +83,15 @@ def spread(values: list[float]) -> Spread:
     return Spread(statistics.fmean(values), std, len(values))
 
 
+def over_seeds(values: list[float]) -> dict | None:
+    """Mean of per-seed values with its 95% t interval; None with fewer than 2."""
+    if len(values) < 2:
+        return None
+    summary = spread(values)
+    half_width = t_quantile_975(len(values) - 1) * summary.std / math.sqrt(len(values))
+    return {"mean": summary.mean, "ci95": [summary.mean - half_width, summary.mean + half_width], "n": len(values)}
+
+
 @dataclass
 class PairedDifference:
     """a - b, paired by seed: the seed-to-seed noise shared by both methods cancels in each pair.

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from loradora.adapters import row_norms
+from loradora.stats import fit_line, over_seeds, paired_difference, spread
 
 GAIN_RANGE = (0.5, 2.0)  # the factors' range: 2x either way moves logits far enough to change labels
 TURN_RANK = 2
@@ -96,9 +97,8 @@ def gain_recovery(model: nn.Module, base: nn.Module, seed: int) -> dict:
     learnt = [row_norms(_weight(layer)) / row_norms(base_layer.weight) for layer, base_layer
               in zip(_adapted_layers(model), linear_layers(base))]
     factors = gain_factors(base, seed)
-    slopes = [_slope(torch.log(c.double()), torch.log(g.double())) for c, g in zip(factors, learnt)]
-    return {"slope": _slope(torch.log(torch.cat(factors).double()), torch.log(torch.cat(learnt).double())),
-            "per_layer": slopes}
+    slopes = [_slope(c, g) for c, g in zip(factors, learnt)]
+    return {"slope": _slope(torch.cat(factors), torch.cat(learnt)), "per_layer": slopes}
 
 
 def _adapted_layers(model: nn.Module) -> list[nn.Module]:
@@ -116,9 +116,9 @@ def _weight(layer: nn.Module) -> torch.Tensor:
     return layer.merged_weight() if hasattr(layer, "merged_weight") else layer.weight
 
 
-def _slope(x: torch.Tensor, y: torch.Tensor) -> float:
-    x = x - x.mean()
-    return float((x * (y - y.mean())).sum() / (x * x).sum())
+def _slope(factors: torch.Tensor, gains: torch.Tensor) -> float:
+    """The least-squares slope of log(gain) on log(factor)."""
+    return fit_line(torch.log(factors.double()).tolist(), torch.log(gains.double()).tolist()).slope
 
 
 def recovered_gains(run: Path) -> dict[str, dict[int, float]]:
@@ -134,17 +134,14 @@ def recovered_gains(run: Path) -> dict[str, dict[int, float]]:
 def report_recovery(runs: list[Path]) -> str:
     """Each run's slopes per phase, mean with its 95% t interval over seeds; with two runs, each
     phase they share as a paired difference (second - first), paired by seed."""
-    from loradora.stats import paired_difference, t_quantile_975  # the CLI's, not the teachers'
-
     lines, slopes = [], [recovered_gains(run) for run in runs]
     for run, phases in zip(runs, slopes):
         for phase, by_seed in phases.items():
             values = list(by_seed.values())
-            mean = sum(values) / len(values)
-            half = (t_quantile_975(len(values) - 1) * (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-                    / len(values) ** 0.5) if len(values) > 1 else float("nan")
-            lines.append(f"{run}: {phase}: slope of log(learnt gain) on log(c) {mean:.3f} "
-                         f"[{mean - half:.3f}, {mean + half:.3f}] over {len(values)} seeds")
+            over = over_seeds(values)
+            interval = f" [{over['ci95'][0]:.3f}, {over['ci95'][1]:.3f}]" if over else ""
+            lines.append(f"{run}: {phase}: slope of log(learnt gain) on log(c) {spread(values).mean:.3f}"
+                         f"{interval} over {len(values)} seeds")
     if len(runs) == 2:
         for phase in slopes[0].keys() & slopes[1].keys():
             seeds = sorted(slopes[0][phase].keys() & slopes[1][phase].keys())

@@ -68,13 +68,14 @@ class PartRates:
 
 
 ONE_RATE = PartRates()
+WITH_B = ("lora", "dora", "direction")  # the adapters with a B; of these, dora alone has a trained magnitude too
 
 
 def part_rates(config, variant: "Variant") -> PartRates:
     """A variant's multipliers as configured (lora.b_lr_ratio; dora.b_lr_ratio, dora.magnitude_lr_ratio).
     The magnitude alone trains only m, so its multiplier would only rescale its rate, which is tuned
     itself: it keeps one rate. Full and head fine-tuning have no parts."""
-    if variant.method not in ("lora", "dora", "direction"):
+    if variant.method not in WITH_B:
         return ONE_RATE
     section = config.lora if variant.method == "lora" else config.dora
     return PartRates(section.b_lr_ratio, getattr(section, "magnitude_lr_ratio", 1.0) if variant.method == "dora" else 1.0)

@@ -104,3 +104,33 @@ def test_gain_recovery_is_one_where_the_gains_are_the_teachers_and_zero_at_the_b
         for layer, c, base_layer in zip(adapter_layers(model).values(), gain_factors(base, 5), linear_layers(base)):
             layer.magnitude.copy_(c.sqrt() * row_norms(base_layer.weight))
     assert abs(gain_recovery(model, base, seed=5)["slope"] - 0.5) < 1e-5
+
+
+def test_the_recovery_report_reads_each_runs_slopes_and_pairs_two_runs_by_seed(tmp_path):
+    """``python -m loradora.teachers run1 run2``: each phase's mean slope with its t interval over
+    seeds, and the second run minus the first paired by seed, whatever order the records came in
+    and leaving out a seed that only one run has."""
+    import json
+    import re
+
+    from loradora.teachers import recovered_gains, report_recovery
+
+    first = {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4}
+    second = {4: 0.7, 3: 0.5, 2: 0.4, 1: 0.3, 5: 9.0}  # seed 5: in this run alone
+    runs = []
+    for name, slopes in (("first", first), ("second", second)):
+        run = tmp_path / name
+        run.mkdir()
+        records = [{"kind": "epoch", "phase": "dora", "seed": 1, "loss": 0.5}]
+        records += [{"kind": "gain_recovery", "phase": "dora", "seed": seed, "slope": slope, "per_layer": [slope]}
+                    for seed, slope in slopes.items()]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+        runs.append(run)
+    assert recovered_gains(runs[0]) == {"dora": first}
+    lines = report_recovery(runs).splitlines()
+    numbers = [[float(x) for x in re.findall(r"[-+]?\d+\.\d+", line.split(": ", 2)[-1])] for line in lines]
+    # run 1: mean 0.25, std 0.1291 over 4 seeds, t(3) = 3.1824: half-width 0.2054
+    assert numbers[0] == [0.25, 0.045, 0.455]
+    # second - first over seeds 1 to 4: 0.2, 0.2, 0.2, 0.3, mean 0.225, std 0.05: half-width 0.0796
+    # (paired in the records' order instead, the differences spread far wider)
+    assert numbers[2] == [0.225, 0.145, 0.305]
