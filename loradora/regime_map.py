@@ -167,9 +167,10 @@ def ask(folder: Path, summary: dict, pair: tuple[str, str], family: int, margin:
     seeds = [seed for seed in summary["seeds"] if seed in finished]
     if len(seeds) < 2:
         return None
-    both = two_way_difference(hits.matrix(dora, seeds), hits.matrix(lora, seeds), comparisons=family)
+    correct_dora, correct_lora = hits.matrix(dora, seeds), hits.matrix(lora, seeds)  # (seed, image)
+    both = two_way_difference(correct_dora, correct_lora, comparisons=family)
     needed = both.seeds_needed(margin)
-    per_seed = 100 * (hits.matrix(dora, seeds).double().mean(dim=1) - hits.matrix(lora, seeds).double().mean(dim=1))
+    per_seed = 100 * (correct_dora.double().mean(dim=1) - correct_lora.double().mean(dim=1))
     return Answer(0.0, None, methods[lora].n_train, methods[dora].rank,
                   methods[lora].test_accuracy, methods[dora].test_accuracy, methods[lora].lr, methods[dora].lr,
                   summary["comparisons"][f"{dora} - {lora}"]["ci95"], both.to_dict(), short_verdict(both.ci, margin),
@@ -245,12 +246,11 @@ def format_map(answers: list[Answer], report: dict) -> str:
         verdict += "; rates differ by tuning set" if a.rates_agree is False else ""
         verdict += "; not settled: the second tuning set's rates give another verdict" if (
             a.verdict != "undecided" and not a.settled) else ""
-        training = arm(a)
-        rows.append(f"| {a.rotate_degrees:g}° | {a.n_train:,} | {training} | {a.rank} | {a.lora_accuracy:.2f}% | {a.dora_accuracy:.2f}% "
+        rows.append(f"| {a.rotate_degrees:g}° | {a.n_train:,} | {arm(a)} | {a.rank} | {a.lora_accuracy:.2f}% | {a.dora_accuracy:.2f}% "
                     f"| {a.lora_lr:g} / {a.dora_lr:g} | {a.new_images['mean']:+.3f} "
                     f"| [{a.this_test_set[0]:+.3f}, {a.this_test_set[1]:+.3f}] | [{ci95[0]:+.3f}, {ci95[1]:+.3f}] "
                     f"| [{ci[0]:+.3f}, {ci[1]:+.3f}] | {verdict} ({a.raw_verdict}) |")
-    confidence = 1 - 0.05 / max(report['family'], 1)
+    confidence = 1 - 0.05 / max(report["family"], 1)
     margin = report["config"]["experiment"]["margin"]
     return (f"DoRA − LoRA, test accuracy points, by cell and rank; adjusted: {report['adjustment']}, each at "
             f"{100 * confidence:.4g}%, so that all hold together at 95%. The verdict reads the adjusted interval "
@@ -279,8 +279,7 @@ def format_stability(answers: list[Answer], config: Config) -> str:
         again = a.second_tuning
         if again is None:
             continue
-        training = arm(a)
-        rows.append(f"| {a.rotate_degrees:g}° | {a.n_train:,} | {training} | {a.rank} | {a.lora_lr:g} / {a.dora_lr:g} "
+        rows.append(f"| {a.rotate_degrees:g}° | {a.n_train:,} | {arm(a)} | {a.rank} | {a.lora_lr:g} / {a.dora_lr:g} "
                     f"| {a.verdict} | {again['lora_lr']:g} / {again['dora_lr']:g} | {again['mean']:+.3f} "
                     f"| {again['verdict']} | {'yes' if a.rates_agree else '**no**'} | {'yes' if a.settled else 'no'} |")
     agree = sum(bool(a.rates_agree) for a in answers if a.second_tuning)
