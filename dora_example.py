@@ -58,9 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     # Deferred until the config is good: torch and the modules built on it take over a second to
     # import (BENCHMARKS.md, start-up).
     from loradora import pipeline
+    from loradora.run_folder import run_label
 
     try:
-        run = pipeline.open_run(config, resume=args.resume, other_machine=args.other_machine)
+        run = pipeline.open_run(config, resume=args.resume, other_machine=args.other_machine,
+                                label=run_label((args.config or DEFAULT_CONFIG).stem, args.overrides))
     except pipeline.RunRefused as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -59,8 +59,9 @@ def save_method(tuned: nn.Module, method: str, run_dir: Path, test_data: Split,
                              reloaded_test_correct=reloaded.correct)
 
 
-def format_artifacts(methods: dict[str, MethodResult]) -> str:
-    """One line per fine-tuned method: its file sizes against the full model's, merged vs unmerged."""
+def format_artifacts(methods: dict[str, MethodResult], seed: int) -> str:
+    """One line per fine-tuned method of ``seed`` (the one whose files are saved): its file sizes
+    against the full model's, merged vs unmerged."""
     lines = []
     for name, result in methods.items():
         checks = result.file_checks
@@ -68,7 +69,7 @@ def format_artifacts(methods: dict[str, MethodResult]) -> str:
             continue
         adapter_bytes, full_bytes = result.files["adapter_bytes"], result.files["full_model_bytes"]
         lines.append(
-            f"{name}: adapter file {adapter_bytes:,} bytes vs full model {full_bytes:,} "
+            f"{name}, seed {seed}: adapter file {adapter_bytes:,} bytes vs full model {full_bytes:,} "
             f"({adapter_bytes / full_bytes:.1%}); test accuracy merged {checks.merged_test_accuracy:.2f}% "
             f"({checks.merged_test_correct:,} of {result.n_test:,}) vs unmerged "
             f"{result.test_accuracy:.2f}% ({result.test_correct:,}), logits within "

@@ -247,6 +247,7 @@ class CacheConfig(Section):
 class LogConfig(Section):
     every_n_batches: int = 400
     tensorboard: bool = False
+    print_config: bool = False
 
     def checks(self, config: "Config") -> list[Check]:
         return [("every_n_batches", self.every_n_batches >= 1, "an integer >= 1")]
@@ -577,3 +578,18 @@ def differences(before: Config, after: Config) -> list[str]:
 
     old, new = flat(to_dict(before)), flat(to_dict(after))
     return [f"{key}: {short_repr(old[key])} -> {short_repr(new[key])}" for key in old if old[key] != new[key]]
+
+
+LIKE_FOR_LIKE = ("rank", "alpha", "scaling", "dropout")  # what must match for DoRA - LoRA to isolate the decomposition
+
+
+def adapter_differences(config: Config) -> str:
+    """The adapter settings in which lora and dora differ, as "rank 4 and 8, alpha 8 and 16" (LoRA's
+    first); "" where they match, or where the run does not fine-tune both. A sweep's rank
+    (experiment.ranks) is both adapters' own, so the rank key is not compared then."""
+    if not {"lora", "dora"} <= set(config.finetune.methods):
+        return ""
+    keys = [key for key in LIKE_FOR_LIKE if not (key == "rank" and config.experiment.ranks)]
+    pairs = [(key, getattr(config.lora, key), getattr(config.dora, key)) for key in keys]
+    return ", ".join(f"{key} {lora:g} and {dora:g}" if isinstance(lora, (int, float)) else f"{key} {lora} and {dora}"
+                     for key, lora, dora in pairs if lora != dora)

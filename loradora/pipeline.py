@@ -32,7 +32,7 @@ from loradora import jobs, phases, regime_map
 from loradora.artifacts import format_artifacts, save_method, save_pretrained
 from loradora.cache import BaseCache
 from loradora.choices import TEACHER_TASKS
-from loradora.config import Config, ConfigError, resolve_device, to_dict, to_yaml
+from loradora.config import Config, ConfigError, adapter_differences, resolve_device, to_dict, to_yaml
 from loradora.data import DataUnavailable, Split, hold_out
 from loradora.experiment import adapter_pairs, aggregate, rate_sensitivity
 from loradora.files import WriteFailed, read_json_or_none, write_atomic, write_json
@@ -42,7 +42,7 @@ from loradora.methods import prepare
 from loradora.per_image import HITS_FILE, ImageHits
 from loradora.plan import Job, Plan, Stamp, all_seeds, compared_seeds, once, tuning_seeds
 from loradora.plots import write_plots
-from loradora.report import format_rate_sensitivity, format_report, format_tuning
+from loradora.report import format_markdown, format_rate_sensitivity, format_report, format_tuning
 from loradora.results import SeedResults
 from loradora.run_folder import MetricsLog, OutputUnavailable, create_run_dir, environment
 from loradora.stops import stop_on_signals
@@ -52,6 +52,7 @@ from loradora.training import evaluate, use_deterministic_algorithms
 from loradora.variants import NO_FINETUNE, finetune_variants, part_rates
 
 STAMP_FILE = "stamp.json"      # in jobs/: what the jobs' bits depend on besides the config (plan.Stamp)
+TABLE_FILE = "table.md"        # the printed tables as markdown, to paste or compare (report.format_markdown)
 
 
 class RunRefused(RuntimeError):
@@ -277,11 +278,12 @@ def open_cell(name: str, config: Config, folder: Path, resumed: bool, device: to
 # ---- open the run ----
 
 
-def open_run(config: Config, resume: Path | None = None, other_machine: bool = False) -> Run:
+def open_run(config: Config, resume: Path | None = None, other_machine: bool = False, label: str = "") -> Run:
     """A new run folder for ``config``, or the stopped run in ``resume`` (``config`` is then its
     own, read back from its config.yaml); RunRefused (exit code 2) when either cannot be: a device
     or an optional package that is missing, a folder that exists or cannot be made, another process
-    on it, or jobs whose code, torch or device differ from this machine's."""
+    on it, or jobs whose code, torch or device differ from this machine's. ``label``: what ran, for
+    a folder output.run_name leaves unnamed (run_folder.run_label)."""
     # The imports leave some 230,000 objects that live until exit; frozen, no collection scans
     # them again, and the interpreter's exit is 0.4 s shorter (BENCHMARKS.md, start-up).
     gc.freeze()
@@ -289,7 +291,7 @@ def open_run(config: Config, resume: Path | None = None, other_machine: bool = F
         device = resolve_device(config.device)
         if config.log.tensorboard:
             require_tensorboard()  # a missing package stops the run before its folder is made
-        folder = resume if resume is not None else create_run_dir(config.output.dir, config.output.run_name)
+        folder = resume if resume is not None else create_run_dir(config.output.dir, config.output.run_name, label)
     except (ConfigError, TensorBoardUnavailable, OutputUnavailable) as error:
         raise RunRefused(str(error)) from None
     lock = acquire(folder)
@@ -371,9 +373,10 @@ class CellData:
 
 def load_data(run: Run) -> dict[str, CellData]:
     """MNIST once, then each cell's fine-tuning task made from it. The run's resolved config is
-    printed and saved first (config.yaml), every key as the run uses it."""
+    saved first (config.yaml), every key as the run uses it, and printed with log.print_config."""
     config = run.config
-    print(to_yaml(config))
+    if config.log.print_config:
+        print(to_yaml(config))
     write_atomic(run.folder / "config.yaml", to_yaml(config))
     options = dict(root=config.data.root, device=run.device, download=config.data.download)
     train_data = mnist_data.load_mnist(train=True, subset=config.data.train_subset, **options)
@@ -384,6 +387,8 @@ def load_data(run: Run) -> dict[str, CellData]:
                    validation)
     held = f", {len(validation):,} held out for validation" if validation is not None else ""
     print(f"MNIST: {len(mnist.train):,} training{held} and {len(mnist.test):,} test images, on {run.device}")
+    if unlike := adapter_differences(config):
+        print(f"note: LoRA and DoRA differ in {unlike}, so their comparison is not like for like")
     return {cell.name: CellData(mnist, task_splits(cell.config, mnist)) for cell in run.cells}
 
 
@@ -644,12 +649,14 @@ def jobs_record(run: Run, cell: Cell) -> dict:
 
 
 def report(run: Run) -> None:
-    """Each cell's tables, its saved files' checks and its plots; a map's table over them all; and
-    how many jobs this process trained."""
+    """Each cell's tables (on the console and in table.md), its saved files' checks and its plots; a
+    map's table over them all; and how many jobs this process trained."""
     for cell in run.cells:
         summary = cell.summary.data
         print(("\n" if not cell.name else f"\n######## map cell {cell.name} ########\n") + format_report(summary))
-        if artifacts := format_artifacts(summary["runs"][0].methods):  # the files are the first seed's
+        write_atomic(cell.folder / TABLE_FILE, format_markdown(summary))
+        first = summary["runs"][0]  # the files are the first seed's
+        if artifacts := format_artifacts(first.methods, first.seed):
             print("\n" + artifacts)
         for plot in write_plots(cell.folder):
             print(f"plot: {plot}")

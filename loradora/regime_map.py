@@ -27,7 +27,7 @@ from loradora.files import write_atomic, write_json
 from loradora.per_image import HITS_FILE, ImageHits
 from loradora.plots import draw_map, load_summary, save_figure
 from loradora.run_folder import environment
-from loradora.stats import POWER, equivalence_rule, two_way_difference
+from loradora.stats import POWER, equivalence_rule, short_verdict, two_way_difference
 from loradora.trends import design, fit_trends
 
 
@@ -218,15 +218,6 @@ def format_trends(fits: dict) -> str:
         lines.append(f"\n{name} ({fit['note']}):")
         lines += [f"- {c['reading']}" for c in fit["coefficients"]]
     return "\n".join(lines)
-
-
-def short_verdict(interval: tuple[float, float], margin: float) -> str:
-    """One word for an interval: dora or lora (it excludes zero on that side), tie (inside
-    +-margin) or undecided."""
-    low, high = interval
-    if low > 0 or high < 0:
-        return "dora" if low > 0 else "lora"
-    return "tie" if -margin <= low and high <= margin else "undecided"
 
 
 def same_bases(summaries) -> bool:

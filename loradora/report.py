@@ -6,12 +6,12 @@ import textwrap
 
 from loradora.results import MethodResult, OverSeeds, SeedResults, accuracy_std
 from loradora.choices import TEACHER_TASKS
+from loradora.stats import short_verdict
 from loradora.tasks import task_label
 
 
 def format_report(summary: dict) -> str:
-    seeds = summary["seeds"]
-    parts = [format_table(summary["methods"]) if len(seeds) == 1 else format_seed_table(summary["methods"], seeds)]
+    parts = [align(results_rows(summary))]
     parts.append(test_set_note(summary["config"]["finetune"]))
     parts.append(cache_note(summary["runs"]))
     parts.append(precision_note(summary["config"]["precision"]))
@@ -19,9 +19,9 @@ def format_report(summary: dict) -> str:
         parts.append(format_tuning(summary["tuning"]))
     if summary.get("rate_sensitivity"):
         parts.append(format_rate_sensitivity(summary["rate_sensitivity"], len(next(iter(summary["tuning"].values()))["seeds"])))
-    comparisons = summary["comparisons"]
+    comparisons, seeds = summary["comparisons"], summary["seeds"]
     if summary["config"]["experiment"]["ranks"]:
-        parts.append(format_rank_table(summary))  # with DoRA - LoRA and its interval at each rank
+        parts.append(align(rank_rows(summary)))  # with DoRA - LoRA and its interval at each rank
         if comparisons:
             parts.append(arrow(several_intervals(comparisons)))
     elif comparisons:
@@ -92,7 +92,37 @@ def format_rate_sensitivity(sensitivity: dict, n_seeds: int) -> str:
             f"interval its own, unadjusted):\n" + align(rows))
 
 
-def format_table(methods: dict[str, MethodResult]) -> str:
+def format_markdown(summary: dict) -> str:
+    """The run's tables as markdown, for table.md in its folder: the methods side by side, each
+    rank's DoRA - LoRA in a sweep, and every pair's difference with its intervals and verdicts."""
+    parts = [markdown(results_rows(summary))]
+    if summary["config"]["experiment"]["ranks"]:
+        parts.append(markdown(rank_rows(summary)))
+    if pairs := {**summary["comparisons"], **summary.get("part_comparisons", {})}:
+        parts.append(markdown(comparison_rows(pairs)))
+    return "\n\n".join(parts) + "\n"
+
+
+def comparison_rows(comparisons: dict) -> list[tuple[str, ...]]:
+    """One row per pair: its mean difference, both intervals and both one-word verdicts."""
+    rows = [("pair", "seeds", "mean, points", "interval, this test set", "verdict", "interval, new test images",
+             "verdict, new test images")]
+    for name, c in comparisons.items():
+        images = c.get("new_test_images")
+        rows.append((name, str(c["n"]), f"{c['mean']:+.2f}", f"{interval_label(c)} {bracket(c['ci'])}",
+                     short_verdict(c["ci"], c["margin"], *name.split(" - ")),
+                     bracket(images["ci"]) if images else "-",
+                     short_verdict(images["ci"], c["margin"], *name.split(" - ")) if images else "-"))
+    return rows
+
+
+def results_rows(summary: dict) -> list[tuple[str, ...]]:
+    """The methods side by side: one seed's table, or the mean over seeds."""
+    seeds = summary["seeds"]
+    return table_rows(summary["methods"]) if len(seeds) == 1 else seed_table_rows(summary["methods"], seeds)
+
+
+def table_rows(methods: dict[str, MethodResult]) -> list[tuple[str, ...]]:
     """One seed's results side by side."""
     rows = [("method", "rank", "alpha", "trainable params", "test accuracy", "train s")]
     for name, result in methods.items():
@@ -104,7 +134,7 @@ def format_table(methods: dict[str, MethodResult]) -> str:
             "diverged" if result.diverged else f"{result.test_accuracy:.2f}% of {result.n_test:,}",
             dash(result.train_seconds, ".1f"),
         ))
-    return align(rows)
+    return rows
 
 
 def dash(value, fmt: str = "") -> str:
@@ -112,7 +142,7 @@ def dash(value, fmt: str = "") -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def format_seed_table(methods: dict[str, OverSeeds], seeds: list[int]) -> str:
+def seed_table_rows(methods: dict[str, OverSeeds], seeds: list[int]) -> list[tuple[str, ...]]:
     """Mean +- sample std over seeds, with each seed's accuracy (up to 10 seeds: beyond, summary.json
     has them). A method that diverged for some seeds is averaged over the others, and says so."""
     per_seed = len(seeds) <= 10
@@ -129,7 +159,7 @@ def format_seed_table(methods: dict[str, OverSeeds], seeds: list[int]) -> str:
                         for accuracy in result.test_accuracies)] if per_seed else []),
             dash(result.train_seconds, ".1f"),
         ))
-    return align(rows)
+    return rows
 
 
 def seed_accuracy_cell(result: OverSeeds) -> str:
@@ -146,6 +176,14 @@ def align(rows: list[tuple[str, ...]]) -> str:
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]
     lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def markdown(rows: list[tuple[str, ...]]) -> str:
+    """The same rows as a markdown table (a '|' in a cell escaped)."""
+    cells = [[cell.replace("|", "\\|") for cell in row] for row in rows]
+    lines = ["| " + " | ".join(row) + " |" for row in cells]
+    lines.insert(1, "|" + "---|" * len(rows[0]))
     return "\n".join(lines)
 
 
@@ -180,23 +218,37 @@ def cache_note(runs: list[SeedResults]) -> str:
                          width=100)
 
 
+INTERVALS_EXPLAINED = "docs/results.md#reading-the-intervals"
+
+
 def format_comparisons(comparisons: dict, title: str = "Paired by seed") -> str:
-    lines = [f"{title} (same base, batch order and adapter init), t intervals on this test set and, from "
-             f"every image's correctness, for new test images:"]
+    """Each pair's difference with both of its intervals on one line, then one verdict: the one for
+    new test images, which is the wider claim, and the one on this test set only where it decides
+    otherwise; then what the spreads behind them are."""
+    lines = [f"{title} (each seed's pair shares its base, batch order and adapter init), test accuracy points:"]
     for name, c in comparisons.items():
-        low, high = c["ci"]
         first_rank, second_rank = c["ranks"].values()
         ranks = "" if first_rank == second_rank or None in (first_rank, second_rank) else \
             f" [ranks {first_rank} and {second_rank}: not a like-for-like pair]"
-        lines.append(f"  {name}{ranks}: {c['mean']:+.2f} points, {interval_label(c)} [{low:+.2f}, {high:+.2f}] "
-                     f"on this test set (std {c['std']:.2f} over seeds, t({c['df']}) = {c['t_critical']:.3f})")
-        lines.append(arrow(c["verdict"]))
-        if images := c.get("new_test_images"):
-            low, high = images["ci"]
-            lines.append(f"  for new test images: {interval_label(images)} [{low:+.2f}, {high:+.2f}] (interaction "
-                         f"std {images['image_std']:.2f} over {images['n_images']:,} images, df {images['df']})")
-            lines.append(arrow(images["verdict"]))
+        images = c.get("new_test_images")
+        intervals = f"{interval_label(c)} {bracket(c['ci'])} on this test set" + (
+            f", {bracket(images['ci'])} for new test images" if images else "")
+        lines.append(f"  {name}{ranks}: {c['mean']:+.2f} over {c['n']} seeds; {intervals}")
+        if images is None:
+            lines.append(arrow(c["verdict"]))
+            lines.append(aside(f"(std {c['std']:.2f} points between seeds: {INTERVALS_EXPLAINED})"))
+            continue
+        lines.append(arrow(images["verdict"]))
+        if short_verdict(c["ci"], c["margin"]) != short_verdict(images["ci"], c["margin"]):
+            lines.append(arrow(f"On this test set alone: {c['verdict']}"))
+        lines.append(aside(f"(std {c['std']:.2f} points between seeds; the new-image interval adds how differently "
+                           f"the two fare image by image, std {images['image_std']:.2f} over {images['n_images']:,} "
+                           f"images: {INTERVALS_EXPLAINED})"))
     return "\n".join(lines)
+
+
+def bracket(interval: list[float]) -> str:
+    return f"[{interval[0]:+.2f}, {interval[1]:+.2f}]"
 
 
 def interval_label(comparison: dict) -> str:
@@ -206,6 +258,12 @@ def interval_label(comparison: dict) -> str:
 def arrow(sentence: str) -> str:
     # not at hyphens: "Bonferroni-adjusted" stays one word, so the sentence can be found in the output
     return textwrap.fill(sentence, width=100, initial_indent="  -> ", subsequent_indent="     ",
+                         break_on_hyphens=False)
+
+
+def aside(sentence: str) -> str:
+    """A note under a verdict, indented as the verdict's own lines."""
+    return textwrap.fill(sentence, width=100, initial_indent="     ", subsequent_indent="     ",
                          break_on_hyphens=False)
 
 
@@ -222,7 +280,7 @@ def several_intervals(comparisons: dict) -> str:
     return f"{len(excluding)} of {n} intervals exclude zero ({', '.join(excluding)}; {adjusted})."
 
 
-def format_rank_table(summary: dict) -> str:
+def rank_rows(summary: dict) -> list[tuple[str, ...]]:
     """One row per rank: each adapter's parameters and accuracy, and DoRA - LoRA."""
     methods, comparisons = summary["methods"], summary["comparisons"]
     by_rank = {}
@@ -244,7 +302,7 @@ def format_rank_table(summary: dict) -> str:
         images = c.get("new_test_images") if c else None
         cells.append(f"[{images['ci'][0]:+.2f}, {images['ci'][1]:+.2f}]" if images else "-")
         rows.append(tuple(cells))
-    return align(rows)
+    return rows
 
 
 def accuracy_cell(result: MethodResult | OverSeeds) -> str:
@@ -255,20 +313,23 @@ def accuracy_cell(result: MethodResult | OverSeeds) -> str:
 
 
 def format_decomposition(decomposition: dict) -> str:
-    """The line of dM on dD per method (DoRA paper section 3.2, figure 2)."""
+    """The line of dM on dD per method (DoRA paper section 3.2, figure 2), and the correlation
+    within each layer, named."""
+    layers = list(dict.fromkeys(layer for line in decomposition.values() for layer in line["per_layer"]))
     header = ("method", "points", "slope of dM on dD", "r", "slope per seed", "mean over seeds [95% CI]",
-              "r within each layer")
+              *(f"r in {layer}" for layer in layers))
     rows = [header]
     for name, line in decomposition.items():
         per_seed = " ".join(signed(s) for s in line["per_seed_slopes"])
         over = line.get("slope_over_seeds")
         mean = f"{over['mean']:+.2f} [{over['ci95'][0]:+.2f}, {over['ci95'][1]:+.2f}]" if over else "-"
-        per_layer = " ".join(signed(layer["correlation"]) for layer in line["per_layer"].values())
+        per_layer = [signed(line["per_layer"][layer]["correlation"]) if layer in line["per_layer"] else "-"
+                     for layer in layers]
         rows.append((name, str(line["n"]), f"{line['slope']:+.3f}", signed(line["correlation"]), per_seed, mean,
-                     per_layer))
+                     *per_layer))
     return ("Weight decomposition (DoRA paper sec. 3.2): dM = mean |change of row norm|, dD = mean "
-            "(1 - cos) of rows,\nagainst the pretrained weight; slope and r over every layer at every "
-            "measured step of every seed:\n" + align(rows))
+            "(1 - cos) of rows,\nagainst the pretrained weight; a point is one layer at one measured step "
+            "of one seed,\nr Pearson's correlation:\n" + align(rows))
 
 
 def signed(value: float | None) -> str:

@@ -20,14 +20,28 @@ class OutputUnavailable(RuntimeError):
     """The run folder cannot be created or written."""
 
 
-def create_run_dir(output_dir: str | Path, run_name: str | None) -> Path:
+LABEL_LIMIT = 60  # characters of a default name's label: the folder's name stays readable in a listing
+
+
+def run_label(config_name: str, overrides: list[str]) -> str:
+    """What ran, for a default run name: the config file's name and the keys overridden on the
+    command line (output.* left out: it only says where results go), e.g.
+    "smoke_lora.rank=8_experiment.seeds=1,2,3"; '/', '\\', spaces, quotes and brackets dropped, cut
+    to LABEL_LIMIT characters."""
+    kept = [override for override in overrides if not override.strip().startswith("output.")]
+    label = "_".join([config_name, *kept])
+    return "".join(c for c in label if c not in "/\\ '\"[](){}")[:LABEL_LIMIT]
+
+
+def create_run_dir(output_dir: str | Path, run_name: str | None, label: str = "") -> Path:
     """A new, empty folder for this run; an existing one is never reused or overwritten.
 
-    A chosen name that exists is an error; the default name (a timestamp) gets a suffix instead.
+    A chosen name that exists is an error; the default name (a timestamp, then ``label``: what
+    ran, ``run_label``) gets a suffix instead.
     """
     output_dir = Path(output_dir)
-    names = [run_name] if run_name else [time.strftime("%Y%m%d-%H%M%S") + suffix
-                                         for suffix in ["", *(f"-{i}" for i in range(2, 100))]]
+    stem = time.strftime("%Y%m%d-%H%M%S") + (f"_{label}" if label else "")
+    names = [run_name] if run_name else [stem + suffix for suffix in ["", *(f"-{i}" for i in range(2, 100))]]
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         for name in names:

@@ -384,6 +384,15 @@ def two_way_difference(correct_a: torch.Tensor, correct_b: torch.Tensor, compari
         ci95=(mean - half, mean + half), confidence=confidence, ci=(mean - half_adjusted, mean + half_adjusted))
 
 
+def short_verdict(interval: tuple[float, float], margin: float, a: str = "dora", b: str = "lora") -> str:
+    """One word for an interval of a - b: ``a`` or ``b`` (it excludes zero on that side), tie
+    (inside +-margin, as ``verdict`` reads it) or undecided."""
+    low, high = interval
+    if low > 0 or high < 0:
+        return a if low > 0 else b
+    return "tie" if -margin <= low and high <= margin else "undecided"
+
+
 def verdict(difference: "PairedDifference | TwoWayDifference", a: str, b: str, margin: float = 0.05,
             unit: str = "points") -> str:
     """The interval in plain words, naming what it holds for (its ``form``), one of three answers:
