@@ -570,13 +570,7 @@ def to_yaml(config: Config) -> str:
 
 def differences(before: Config, after: Config) -> list[str]:
     """Every key whose value differs between two configs, as "key: before -> after"."""
-    def flat(values: dict, prefix: str = "") -> dict:
-        out = {}
-        for key, value in values.items():
-            out |= flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
-        return out
-
-    old, new = flat(to_dict(before)), flat(to_dict(after))
+    old, new = flatten(to_dict(before)), flatten(to_dict(after))
     return [f"{key}: {short_repr(old[key])} -> {short_repr(new[key])}" for key in old if old[key] != new[key]]
 
 
@@ -593,3 +587,12 @@ def adapter_differences(config: Config) -> str:
     pairs = [(key, getattr(config.lora, key), getattr(config.dora, key)) for key in keys]
     return ", ".join(f"{key} {lora:g} and {dora:g}" if isinstance(lora, (int, float)) else f"{key} {lora} and {dora}"
                      for key, lora, dora in pairs if lora != dora)
+
+
+def flatten(values: dict, prefix: str = "") -> dict:
+    """A config as a dict (``to_dict``, or a run's config.yaml read back) keyed by dotted keys,
+    "lora.rank", as overrides name them."""
+    out = {}
+    for key, value in values.items():
+        out |= flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out
