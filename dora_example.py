@@ -2,7 +2,7 @@
 
     python dora_example.py                                   # configs/default.yaml
     python dora_example.py --config configs/smoke.yaml       # seconds, on a data subset
-    python dora_example.py lora.rank=8 dora.alpha=16         # any key, as key.sub=value
+    python dora_example.py lora.rank=8 dora.rank=8         # any key, as key.sub=value
     python dora_example.py --config configs/seeds.yaml       # 5 seeds: does DoRA beat LoRA?
 
 ``main`` is the experiment, one step a line (loradora/pipeline.py): open the run (a new folder
@@ -97,7 +97,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     codes = "\n".join(f"  {code:<3}  {meaning}" for code, meaning in EXIT_CODES.items())
     parser = argparse.ArgumentParser(
         description="Pretrain an MLP on MNIST, fine-tune LoRA and DoRA copies of it, compare them.",
-        epilog=f"{textwrap.fill(PATH_RULE, 100)}\n\nExample: python dora_example.py lora.rank=8 dora.alpha=16 "
+        epilog=f"{textwrap.fill(PATH_RULE, 100)}\n\nExample: python dora_example.py lora.rank=8 dora.rank=8 "
                f"output.run_name=r8\n\nExit codes:\n{codes}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
