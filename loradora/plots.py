@@ -14,6 +14,7 @@ that are compared share their scales.
 """
 
 import io
+import math
 import json
 import sys
 from collections import defaultdict
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, NullFormatter, NullLocator
 
 from loradora.choices import ADAPTER_METHODS
 from loradora.files import WriteFailed, write_atomic
@@ -38,9 +40,10 @@ def write_plots(run_dir: Path) -> list[Path]:
     run_dir = Path(run_dir)
     summary = load_summary(run_dir)
     curves = loss_curves(run_dir / "metrics.jsonl")
+    epochs = epoch_starts(run_dir / "metrics.jsonl")
     written = []
     for name, draw, applies in [
-        ("loss_curves.png", lambda: draw_loss_curves(curves, summary), bool(curves)),
+        ("loss_curves.png", lambda: draw_loss_curves(curves, summary, epochs), bool(curves)),
         ("accuracy_vs_rank.png", lambda: draw_accuracy_vs_rank(summary), is_rank_sweep(summary)),
         ("dm_dd.png", lambda: draw_dm_dd(summary), bool(summary["decomposition"])),
         ("rate_sensitivity.png", lambda: draw_rate_sensitivity(summary), has_rate_sensitivity(summary)),
@@ -82,6 +85,71 @@ def loss_curves(metrics_path: Path) -> dict[str, list[list[float]]]:
         if record["kind"] == "epoch" and "batch_losses" in record and not record.get("tuning"):
             per_seed[record["phase"]][record.get("seed")].extend(record["batch_losses"])
     return {phase: list(seeds.values()) for phase, seeds in per_seed.items()}
+
+
+def epoch_starts(metrics_path: Path) -> dict[str, list[int]]:
+    """Per phase, the step at which each epoch after the first begins (its first seed's epochs: the
+    seeds of a phase train alike), for the loss curves' epoch marks."""
+    lengths: dict[str, dict] = defaultdict(lambda: defaultdict(list))
+    for line in metrics_path.read_text().splitlines():
+        record = json.loads(line)
+        if record["kind"] == "epoch" and "batch_losses" in record and not record.get("tuning"):
+            lengths[record["phase"]][record.get("seed")].append(len(record["batch_losses"]))
+    starts = {}
+    for phase, seeds in lengths.items():
+        first = next(iter(seeds.values()))
+        starts[phase] = [1 + sum(first[:k]) for k in range(1, len(first))]
+    return starts
+
+
+def run_caption(summary: dict) -> str:
+    """What a figure's run was: each adapter's rank, alpha and rate, and the seeds, so that two runs'
+    figures can be told apart (a rank sweep gives its ranks)."""
+    adapters = {}
+    for result in summary["methods"].values():
+        if result.method in ("lora", "dora") and result.rates != "shared":
+            adapters.setdefault(result.method, []).append(result)
+    parts = []
+    for method, results in adapters.items():
+        ranks = sorted({r.rank for r in results})
+        rank = f"r={ranks[0]}" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))}"
+        rates = sorted({r.lr for r in results if r.lr is not None})
+        rate = f" lr={rates[0]:g}" if len(rates) == 1 else f" lr {rates[0]:g} to {rates[-1]:g}" if rates else ""
+        alpha = f" α={results[0].alpha:g}" if results[0].alpha is not None else ""
+        parts.append(f"{method} {rank}{alpha}{rate}")
+    seeds = summary["seeds"]
+    parts.append(f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+                 if len(seeds) <= 6 else f"{len(seeds)} seeds, {seeds[0]} to {seeds[-1]}")
+    return " · ".join(parts)
+
+
+def enough_ticks(axis) -> None:
+    """At least 3 labelled ticks on a log axis at any range (call once its data are drawn): a decade
+    or more keeps matplotlib's powers of ten, labelled at 1, 2 and 5 within fewer than 3 decades; a
+    narrower range (a fine-tuning loss from 0.15 to 0.7 showed only 10^0) gets plain, evenly spaced
+    numbers instead, as a linear axis would."""
+    low, high = sorted(axis.get_view_interval())
+    if axis.get_scale() != "log" or low <= 0:
+        return
+    decades = math.log10(high / low)
+    if decades >= 3:
+        return
+    if decades >= 1:
+        from matplotlib.ticker import LogLocator
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    else:
+        axis.set_major_locator(MaxNLocator(nbins=5, min_n_ticks=3))
+    axis.set_major_formatter("{x:.3g}")
+    axis.set_minor_locator(NullLocator())
+    axis.set_minor_formatter(NullFormatter())
+
+
+def rank_ticks(ranks: list[int]) -> list[int]:
+    """The ranks as ticks, with a power of two more on either side (none below 1) until there are 3."""
+    ticks = sorted(set(ranks))
+    while len(ticks) < 3:
+        ticks = [ticks[0] // 2, *ticks] if len(ticks) % 2 and ticks[0] >= 2 else [*ticks, ticks[-1] * 2]
+    return ticks
 
 
 def mean_over_seeds(curves: list[list[float]]) -> list[float]:
@@ -129,7 +197,9 @@ def panel_grid(n_panels: int, max_cols: int, panel_size: tuple[float, float], **
     return figure, axes[:n_panels]
 
 
-def draw_loss_curves(curves: dict, summary: dict) -> Figure:
+def draw_loss_curves(curves: dict, summary: dict, epochs: dict[str, list[int]] | None = None) -> Figure:
+    """Per panel, each phase's mean loss over seeds, smoothed, and a dotted line where an epoch
+    begins (``epochs``, epoch_starts)."""
     panels = loss_panels(summary, list(curves))
     n_seeds = len(summary["seeds"])
     # One y-scale for every panel: pretraining's loss and each fine-tuning's are read against each other.
@@ -146,16 +216,21 @@ def draw_loss_curves(curves: dict, summary: dict) -> Figure:
             # curves are told apart by their colour, dark (low rank) to light (high rank).
             ax.plot(steps, moving_average(mean, max(1, len(mean) // 40)), color=color, linewidth=1.6,
                     label=phase, linestyle="-" if by_rank else LINE_STYLES[k % len(LINE_STYLES)])
+        for start in sorted({step for phase in phases for step in (epochs or {}).get(phase, [])}):
+            ax.axvline(start, color="grey", linestyle=":", linewidth=0.9, gid="epoch start")
         ax.set_yscale("log")
-        ax.set_title(title)
+        ax.set_title(title + (" (dotted: an epoch begins)" if any((epochs or {}).get(p) for p in phases) else ""))
         ax.set_xlabel("optimiser step (batch of the training run)")
         ax.set_ylabel("training-batch cross-entropy loss (log scale)")
         ax.yaxis.set_tick_params(labelleft=True)  # sharey hides them on the right-hand panels
         ax.grid(True, which="both", alpha=0.3)
         legend_outside(ax, ncols=2 if len(phases) > 8 else 1)
+    for ax in axes:
+        enough_ticks(ax.yaxis)  # the panels share one y-axis: set once all are drawn
     seeds = f"mean over {n_seeds} seeds" if n_seeds > 1 else f"seed {summary['seeds'][0]}"
     figure.suptitle(f"Per-batch training loss ({seeds}); bold: trailing mean over 1/40 of the run"
-                    f"{', faint: every batch' if any(len(p) <= 4 for p in panels.values()) else ''}")
+                    f"{', faint: every batch' if any(len(p) <= 4 for p in panels.values()) else ''}\n"
+                    f"{run_caption(summary)}")
     return figure
 
 
@@ -197,7 +272,7 @@ def draw_accuracy_vs_rank(summary: dict) -> Figure:
         if std := accuracy_std(result):
             ax.axhspan(result.test_accuracy - std, result.test_accuracy + std, color=color, alpha=0.12)
     ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted({r.rank for r in methods.values() if r.rank is not None}))
+    ax.set_xticks(rank_ticks([r.rank for r in methods.values() if r.rank is not None]))
     ax.get_xaxis().set_major_formatter("{x:g}")
     ax.set_xlabel("adapter rank r")
     ax.set_ylabel("test accuracy (%)")
@@ -219,12 +294,13 @@ def draw_accuracy_vs_rank(summary: dict) -> Figure:
         ax.errorbar(ranks, means, yerr=errors, marker="o", capsize=3, color="C1", label="dora - lora")
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xscale("log", base=2)
-        ax.set_xticks(ranks)
+        ax.set_xticks(rank_ticks(ranks))
         ax.get_xaxis().set_major_formatter("{x:g}")
         ax.set_xlabel("adapter rank r")
         ax.set_ylabel("DoRA - LoRA test accuracy (points)")
         ax.set_title(f"Paired difference by seed ({n_seeds} seeds)\n{level} t interval{adjusted}")
         ax.grid(True, alpha=0.3)
+    figure.suptitle(run_caption(summary))
     return figure
 
 
@@ -255,11 +331,13 @@ def draw_rate_sensitivity(summary: dict) -> Figure:
             (left, "validation accuracy (%)", f"Validation accuracy by rate (mean of {n_seeds} tuning seeds)"),
             (right, "DoRA - LoRA (points)", "DoRA - LoRA by rate, paired by seed\n95% t interval each, unadjusted")]:
         ax.set_xscale("log")
+        enough_ticks(ax.xaxis)
         ax.set_xlabel("learning rate")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
         legend_outside(ax)
+    figure.suptitle(run_caption(summary))
     return figure
 
 
@@ -339,7 +417,8 @@ def draw_dm_dd(summary: dict) -> Figure:
     seeds = len(summary["seeds"])
     figure.suptitle(f"Magnitude vs. direction change of the effective weights during fine-tuning "
                     f"(every measured step{f', {seeds} seeds' if seeds > 1 else ''});\n"
-                    f"solid: least squares within each layer; dashed grey: over all layers at once")
+                    f"solid: least squares within each layer; dashed grey: over all layers at once\n"
+                    f"{run_caption(summary)}")
     return figure
 
 

@@ -210,3 +210,43 @@ def test_a_rank_sweep_gets_a_loss_panel_per_adapter_and_one_for_the_baselines():
         "fine-tuning: lora by rank": ["lora_r1", "lora_r2"], "fine-tuning: dora by rank": ["dora_r1", "dora_r2"]}
     one_rank = {**sweep, "config": {"experiment": {"ranks": None}}}
     assert plots.loss_panels(one_rank, list(methods))["fine-tuning"] == list(methods)[1:]
+
+
+def labelled_ticks(axis) -> list[str]:
+    """The tick labels an axis shows within its view, once drawn."""
+    low, high = sorted(axis.get_view_interval())
+    return [label.get_text() for location, label in zip(axis.get_majorticklocs(), axis.get_ticklabels())
+            if low * (1 - 1e-9) <= location <= high * (1 + 1e-9) and label.get_text()]
+
+
+def test_a_smoke_runs_figures_name_the_run_read_at_their_range_and_mark_its_epochs(tmp_path, mnist_root):
+    """Issue 31: a smoke run's loss axis, 0.15 to 0.7, showed one tick (10^0); its titles gave the
+    seed alone; its two fine-tuning epochs ran into each other unmarked."""
+    from conftest import smoke
+
+    run = smoke(tmp_path, "lora.alpha=16", "dora.alpha=16", "analysis.every_n_batches=8")
+    summary = plots.load_summary(run)
+    metrics = run / "metrics.jsonl"
+    epochs = plots.epoch_starts(metrics)
+    loss = plots.draw_loss_curves(plots.loss_curves(metrics), summary, epochs)
+    for figure in (loss, plots.draw_dm_dd(summary)):
+        title = figure.get_suptitle()
+        assert "lora r=4 α=16 lr=0.005" in title and "dora r=4 α=16 lr=0.005" in title and "seed 123" in title
+        for ax in drawn(figure):
+            assert len(labelled_ticks(ax.xaxis)) >= 3 and len(labelled_ticks(ax.yaxis)) >= 3, ax.get_title()
+    fine_tuning = next(ax for ax in loss.axes if ax.get_title().startswith("fine-tuning"))
+    marks = [line.get_xdata()[0] for line in fine_tuning.get_lines() if line.get_gid() == "epoch start"]
+    assert epochs["lora"] == [33] and marks == [33]  # 2 epochs of 32 batches: the second begins at step 33
+
+
+def test_a_loss_axis_over_decades_keeps_3_labelled_ticks(tmp_path):
+    run = finished_run(tmp_path / "run")  # losses from 2.3 down to 0.0004: four decades
+    summary = plots.load_summary(run)
+    figure = plots.draw_loss_curves(plots.loss_curves(run / "metrics.jsonl"), summary)
+    assert all(len(labelled_ticks(ax.yaxis)) >= 3 for ax in drawn(figure))
+
+
+def test_a_two_rank_sweep_still_shows_3_rank_ticks():
+    assert plots.rank_ticks([2, 4]) == [2, 4, 8] and plots.rank_ticks([8]) == [4, 8, 16]
+    assert plots.rank_ticks([1]) == [1, 2, 4]
+    assert plots.rank_ticks([1, 4, 16]) == [1, 4, 16]
