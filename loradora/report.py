@@ -87,7 +87,7 @@ def format_rate_sensitivity(sensitivity: dict, n_seeds: int) -> str:
         for rate, row in by_rate.items():
             rows.append((pair, rate, *(("-", "-", "fewer than 2 seeds finished") if row is None else (
                 f"{row['lora']:.2f}%", f"{row['dora']:.2f}%",
-                f"{row['mean']:+.2f} [{row['ci95'][0]:+.2f}, {row['ci95'][1]:+.2f}]"))))
+                f"{row['mean']:+.2f} {bracket(row['ci95'])}"))))
     return (f"DoRA - LoRA at every rate, on validation, paired by tuning seed ({n_seeds} seeds; each "
             f"interval its own, unadjusted):\n" + align(rows))
 
@@ -298,9 +298,9 @@ def rank_rows(summary: dict) -> list[tuple[str, ...]]:
             cells += [f"{result.trainable_params:,}", accuracy_cell(result)] if result else ["-", "-"]
         pair = f"{by_rank[rank]['dora'][0]} - {by_rank[rank]['lora'][0]}" if len(by_rank[rank]) == 2 else None
         c = comparisons.get(pair)
-        cells.append(f"{c['mean']:+.2f} [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]" if c else "-")
+        cells.append(f"{c['mean']:+.2f} {bracket(c['ci'])}" if c else "-")
         images = c.get("new_test_images") if c else None
-        cells.append(f"[{images['ci'][0]:+.2f}, {images['ci'][1]:+.2f}]" if images else "-")
+        cells.append(bracket(images['ci']) if images else "-")
         rows.append(tuple(cells))
     return rows
 
@@ -322,7 +322,7 @@ def format_decomposition(decomposition: dict) -> str:
     for name, line in decomposition.items():
         per_seed = " ".join(signed(s) for s in line["per_seed_slopes"])
         over = line.get("slope_over_seeds")
-        mean = f"{over['mean']:+.2f} [{over['ci95'][0]:+.2f}, {over['ci95'][1]:+.2f}]" if over else "-"
+        mean = f"{over['mean']:+.2f} {bracket(over['ci95'])}" if over else "-"
         per_layer = [signed(line["per_layer"][layer]["correlation"]) if layer in line["per_layer"] else "-"
                      for layer in layers]
         rows.append((name, str(line["n"]), f"{line['slope']:+.3f}", signed(line["correlation"]), per_seed, mean,
